@@ -1,0 +1,210 @@
+"""The torch-style adapter: which ``inputs`` and ``v`` are accepted, and how ``func`` is called.
+
+The rule, generalising ``torch.autograd.functional``:
+
+* a single array ``x`` is passed as ``func(x)``;
+* a plain ``tuple`` is unpacked, ``func(*inputs)``, and products come back as a tuple of the
+  same length (a 1-tuple stays a 1-tuple);
+* any other pytree (dict, list, NamedTuple, registered dataclass, module) is passed as one
+  argument, ``func(inputs)``, and products come back with exactly its structure.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._errors import HVPError
+
+_ARRAY_TYPES = (jax.Array, np.ndarray)
+_ACCEPTED = (
+    "jaxhvp accepts a jax.Array or numpy.ndarray, a tuple of them (called as func(*inputs)), "
+    "or any other pytree of them (called as func(inputs)); wrap Python numbers with "
+    "jnp.asarray(...)."
+)
+
+
+def is_array(x: Any) -> bool:
+    return isinstance(x, _ARRAY_TYPES)
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """Validated ``inputs``: the primal pytree and how ``func`` is called on it."""
+
+    primals: Any
+    is_tuple: bool
+    fn_name: str
+
+    def call(self, func: Callable, primals: Any) -> Any:
+        return func(*primals) if self.is_tuple else func(primals)
+
+    def leaf_name(self, index: int) -> str:
+        """Torch's 'input {i}', with the pytree path where the index alone is ambiguous."""
+        if is_array(self.primals) or (
+            self.is_tuple and all(is_array(x) for x in self.primals)
+        ):
+            return str(index)
+        path, _ = jax.tree_util.tree_flatten_with_path(self.primals)[0][index]
+        return f"{index} (inputs{jax.tree_util.keystr(path)})"
+
+
+def as_inputs(inputs: Any, fn_name: str) -> Inputs:
+    """Checks ``inputs`` as torch does and converts numpy leaves to jax arrays."""
+    _check_leaf_types(inputs, "inputs", fn_name)
+    leaves = jax.tree_util.tree_leaves(inputs)
+    if not leaves:
+        msg = (
+            f"The inputs given to {fn_name} must contain at least one array, but got "
+            f"{inputs!r}, which has no array leaves."
+        )
+        raise HVPError(msg)
+    primals = jax.tree_util.tree_map(jnp.asarray, inputs)
+    for path, x in jax.tree_util.tree_flatten_with_path(primals)[0]:
+        _check_float_dtype(x, f"inputs{jax.tree_util.keystr(path)}", fn_name)
+    return Inputs(primals, type(inputs) is tuple, fn_name)
+
+
+def as_tangents(v: Any, inputs: Inputs) -> Any:
+    """Checks ``v`` against ``inputs`` with torch's rules and wording; returns it as jax arrays."""
+    fn_name, primals = inputs.fn_name, inputs.primals
+    if v is None:
+        leaves = jax.tree_util.tree_leaves(primals)
+        if len(leaves) != 1 or leaves[0].size != 1:
+            msg = (
+                "The vector v can only be None if the input to the user-provided function is "
+                "a single Tensor with a single element."
+            )
+            raise HVPError(msg)
+        return jax.tree_util.tree_map(jnp.ones_like, primals)
+
+    if is_array(primals) and type(v) is tuple:
+        # torch accepts a 1-tuple holding the one vector.
+        if len(v) != 1:
+            msg = "The given v should contain a single Tensor."
+            raise HVPError(msg)
+        (v,) = v
+    if inputs.is_tuple:
+        if is_array(v):
+            v = (v,)
+        if type(v) is not tuple:
+            _raise_type(v, "v", fn_name, where=None)
+        if len(v) != len(primals):
+            msg = f"v is a tuple of invalid length: should be {len(primals)} but got {len(v)}."
+            raise HVPError(msg)
+        for i, (vi, xi) in enumerate(zip(v, primals)):
+            if is_array(xi) and not is_array(vi):
+                _raise_type(vi, "v", fn_name, where=f"index {i}")
+    elif is_array(primals) and not is_array(v):
+        _raise_type(v, "v", fn_name, where=None)
+    _check_leaf_types(v, "v", fn_name)
+
+    v_tree, x_tree = jax.tree_util.tree_structure(v), jax.tree_util.tree_structure(primals)
+    if v_tree != x_tree:
+        msg = (
+            f"v must have the same pytree structure as the inputs given to {fn_name}, but "
+            f"inputs has structure {x_tree} and v has structure {v_tree}. Build v with "
+            "jax.tree_util.tree_map over the inputs."
+        )
+        raise HVPError(msg)
+    v = jax.tree_util.tree_map(jnp.asarray, v)
+    for (path, vi), xi in zip(
+        jax.tree_util.tree_flatten_with_path(v)[0], jax.tree_util.tree_leaves(primals)
+    ):
+        prefix = _entry_prefix(inputs, path)
+        if vi.shape != xi.shape:
+            msg = (
+                f"{prefix}v has invalid size: should be {tuple(xi.shape)} but got "
+                f"{tuple(vi.shape)}."
+            )
+            raise HVPError(msg)
+        if vi.dtype != xi.dtype:
+            msg = (
+                f"{prefix}v has invalid dtype: should be {xi.dtype} but got {vi.dtype}. "
+                f"Cast it to the input's dtype, e.g. v.astype(jnp.{xi.dtype})."
+            )
+            raise HVPError(msg)
+    return v
+
+
+def check_output(out: Any, fn_name: str) -> None:
+    """Checks that ``func`` returned a single real array with one element, in torch's words."""
+    what = "outputs of the user-provided function"
+    if type(out) is tuple:
+        for i, el in enumerate(out):
+            if not is_array(el):
+                _raise_type(el, what, fn_name, where=f"index {i}")
+        msg = f"The function given to {fn_name} should return a single Tensor"
+        raise HVPError(msg)
+    if not is_array(out):
+        _raise_type(out, what, fn_name, where=None)
+    if out.size != 1:
+        msg = (
+            f"The Tensor returned by the function given to {fn_name} should contain a single "
+            f"element, but it has shape {tuple(out.shape)}. Reduce it to one element, for "
+            "example with .sum() or .mean()."
+        )
+        raise HVPError(msg)
+    if jnp.issubdtype(out.dtype, jnp.complexfloating):
+        msg = (
+            f"The function given to {fn_name} returned a complex value ({out.dtype}); the "
+            "Hessian is defined here for real-valued functions. Return a real scalar, for "
+            "example jnp.abs(z) ** 2 or jnp.real(z)."
+        )
+        raise HVPError(msg)
+
+
+def _entry_prefix(inputs: Inputs, path: tuple) -> str:
+    if is_array(inputs.primals):
+        return ""
+    if inputs.is_tuple and len(path) == 1:
+        return f"Entry {path[0].idx} in "
+    return f"Entry {jax.tree_util.keystr(path)} in "
+
+
+def _check_leaf_types(tree: Any, what: str, fn_name: str) -> None:
+    if tree is None:
+        _raise_type(tree, what, fn_name, where=None)
+    if type(tree) is tuple:  # torch's tuple rule: every entry is a Tensor, never None
+        for i, entry in enumerate(tree):
+            if entry is None:
+                _raise_type(entry, what, fn_name, where=f"index {i}")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if not is_array(leaf):
+            where = None if not path else _where(path)
+            _raise_type(leaf, what, fn_name, where=where)
+
+
+def _where(path: tuple) -> str:
+    if len(path) == 1 and isinstance(path[0], jax.tree_util.SequenceKey):
+        return f"index {path[0].idx}"
+    return jax.tree_util.keystr(path)
+
+
+def _raise_type(value: Any, what: str, fn_name: str, where: str | None) -> None:
+    given = f"the given {what} has type" if where is None else f"the value at {where} has type"
+    msg = (
+        f"The {what} given to {fn_name} must be either a Tensor or a tuple of Tensors but "
+        f"{given} {type(value)}. {_ACCEPTED}"
+    )
+    raise TypeError(msg)
+
+
+def _check_float_dtype(x: jax.Array, where: str, fn_name: str) -> None:
+    if jnp.issubdtype(x.dtype, jnp.complexfloating):
+        msg = (
+            f"{fn_name} does not support complex inputs, but {where} has dtype {x.dtype}. "
+            "Pass the real and imaginary parts as two real arrays instead."
+        )
+        raise HVPError(msg)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        msg = (
+            f"only Tensors of floating point dtype can require gradients, but {where} given "
+            f"to {fn_name} has dtype {x.dtype}. Cast it, for example x.astype(jnp.float32)."
+        )
+        raise HVPError(msg)
