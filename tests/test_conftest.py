@@ -7,18 +7,19 @@ from conftest import assert_trees_close
 
 
 def test_equal_trees_pass():
-    assert_trees_close({"a": jnp.ones(2)}, {"a": jnp.ones(2) + 1e-7})
+    x = jnp.ones(2, jnp.float32)
+    assert_trees_close({"a": x}, {"a": x + 1e-7})
 
 
 @pytest.mark.parametrize(
     ("actual", "expected"),
     [
-        ({"a": jnp.ones(2)}, {"b": jnp.ones(2)}),  # structure
-        ((jnp.ones(2),), [jnp.ones(2)]),  # container type
-        (jnp.ones(2), jnp.ones(3)),  # shape
-        (jnp.ones(2, jnp.float32), jnp.ones(2, jnp.float64)),  # dtype
-        (jnp.ones(2), jnp.array([1.0, 1.01])),  # value beyond float32 rtol
-        (jnp.zeros(2, jnp.float64), jnp.full(2, 1e-8)),  # value beyond float64 atol
+        ({"a": np.ones(2)}, {"b": np.ones(2)}),  # structure
+        ((np.ones(2),), [np.ones(2)]),  # container type
+        (np.ones(2), np.ones(3)),  # shape
+        (np.ones(2, np.float32), np.ones(2, np.float64)),  # dtype
+        (np.ones(2, np.float32), np.array([1.0, 1.01], np.float32)),  # beyond float32 rtol
+        (np.zeros(2), np.full(2, 1e-8)),  # beyond float64 atol
     ],
 )
 def test_mismatches_fail(actual, expected):
