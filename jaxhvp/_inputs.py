@@ -46,9 +46,7 @@ class Inputs:
 
     def leaf_name(self, index: int) -> str:
         """Torch's 'input {i}', with the pytree path where the index alone is ambiguous."""
-        if is_array(self.primals) or (
-            self.is_tuple and all(is_array(x) for x in self.primals)
-        ):
+        if is_array(self.primals) or (self.is_tuple and all(is_array(x) for x in self.primals)):
             return str(index)
         path, _ = jax.tree_util.tree_flatten_with_path(self.primals)[0][index]
         return f"{index} (inputs{jax.tree_util.keystr(path)})"

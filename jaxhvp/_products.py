@@ -79,9 +79,7 @@ def product(
     scalar = scalar_fn(func, spec)
     grad_fn = jax.grad(scalar, has_aux=True)
     if strict:
-        grad_depends = _strict.check_gradient(
-            lambda p: scalar(p)[0], lambda p: grad_fn(p)[0], spec
-        )
+        grad_depends = _strict.check_gradient(lambda p: scalar(p)[0], lambda p: grad_fn(p)[0], spec)
         if compose is rev_rev:
             _strict.check_columns(grad_depends, spec)
         if create_graph:
@@ -256,9 +254,11 @@ def dense_hessian(grad_fn: Callable, primals: Any, *, forward: bool, vectorize: 
         return treedef.unflatten(basis)
 
     if forward:  # column blocks: H e_k, by jvp of the gradient
+
         def product(leaf_index: int, k: jax.Array) -> Any:
             return fwd_rev(grad_fn, primals, unit(leaf_index, k))[1]
     else:  # row blocks: e_k^T H, by vjp of the gradient
+
         def product(leaf_index: int, k: jax.Array) -> Any:
             return rev_rev(grad_fn, primals, unit(leaf_index, k))[1]
 

@@ -11,6 +11,7 @@ def _x64():
     with jax.enable_x64(True):
         yield
 
+
 # Tolerances per dtype: float32 results are compared loosely, float64 tightly.
 TOLERANCES = {
     np.dtype(np.float64): dict(rtol=1e-10, atol=1e-10),
