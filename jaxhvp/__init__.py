@@ -1,5 +1,8 @@
 """jaxhvp: PyTorch's ``torch.autograd.functional.hvp`` for JAX, over any pytree."""
 
+from ._cache import CacheInfo as CacheInfo
+from ._cache import cache_clear as cache_clear
+from ._cache import cache_info as cache_info
 from ._errors import HVPError as HVPError
 from ._products import hessian as hessian
 from ._products import hvp as hvp
@@ -7,4 +10,4 @@ from ._products import vhp as vhp
 
 __version__ = "0.1.0"
 
-__all__ = ["HVPError", "hessian", "hvp", "vhp"]
+__all__ = ["CacheInfo", "HVPError", "cache_clear", "cache_info", "hessian", "hvp", "vhp"]

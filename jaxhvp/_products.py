@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _strict
+from . import _cache, _strict
 from ._errors import HVPError
 from ._inputs import Inputs, as_inputs, as_tangents, check_output
 
@@ -71,9 +71,29 @@ def product(
     v: Any,
     create_graph: bool,
     strict: bool,
+    jit: bool,
 ) -> tuple[Any, Any]:
-    """Validates a torch-style call and evaluates one AD composition on it."""
+    """Validates a torch-style call and evaluates one AD composition on it.
+
+    Eager calls go through the kernel cache; under an outer trace, or with ``jit=False``,
+    the call is traced (or run op by op) directly.
+    """
     _check_callable(func, fn_name)
+    options = (compose, fn_name, bool(create_graph), bool(strict))
+    if jit:
+        return _cache.call(_product, options, func, (inputs, v))
+    return _product(func, inputs, v, *options)
+
+
+def _product(
+    func: Callable,
+    inputs: Any,
+    v: Any,
+    compose: Callable,
+    fn_name: str,
+    create_graph: bool,
+    strict: bool,
+) -> tuple[Any, Any]:
     spec = as_inputs(inputs, fn_name)
     vector = as_tangents(v, spec)
     scalar = scalar_fn(func, spec)
@@ -89,7 +109,13 @@ def product(
 
 
 def hvp(
-    func: Callable, inputs: Any, v: Any = None, create_graph: bool = False, strict: bool = False
+    func: Callable,
+    inputs: Any,
+    v: Any = None,
+    create_graph: bool = False,
+    strict: bool = False,
+    *,
+    jit: bool = True,
 ) -> tuple[Any, Any]:
     """Hessian-vector product ``H v`` of a scalar function, as ``torch.autograd.functional.hvp``.
 
@@ -106,6 +132,9 @@ def hvp(
         torch detaches them; if True they are differentiable to any order.
       strict: if True, raise when the output, or the gradient with respect to some input, does
         not depend on the inputs (torch's strict mode). If False, such inputs get zeros.
+      jit: if True (default), an eager call runs a cached jit-compiled kernel (see the README's
+        "Eager calls" policy); if False, it runs op by op and reads everything afresh. Calls
+        under an outer ``jax.jit``, ``vmap`` or ``grad`` just trace, whatever this says.
 
     Returns:
       ``(func_output, hvp)``: the output as ``func`` returned it, and ``H v`` with the
@@ -130,11 +159,17 @@ def hvp(
       Array([[ 6., 12.],
              [18., 24.]], dtype=float32)
     """
-    return product(fwd_rev, "hvp", func, inputs, v, create_graph, strict)
+    return product(fwd_rev, "hvp", func, inputs, v, create_graph, strict, jit)
 
 
 def vhp(
-    func: Callable, inputs: Any, v: Any = None, create_graph: bool = False, strict: bool = False
+    func: Callable,
+    inputs: Any,
+    v: Any = None,
+    create_graph: bool = False,
+    strict: bool = False,
+    *,
+    jit: bool = True,
 ) -> tuple[Any, Any]:
     """Vector-Hessian product ``v^T H``, as ``torch.autograd.functional.vhp``.
 
@@ -153,7 +188,7 @@ def vhp(
       >>> vh_y
       Array([6., 6.], dtype=float32)
     """
-    return product(rev_rev, "vhp", func, inputs, v, create_graph, strict)
+    return product(rev_rev, "vhp", func, inputs, v, create_graph, strict, jit)
 
 
 # --- the dense Hessian ------------------------------------------------------------------------
@@ -168,13 +203,15 @@ def hessian(
     strict: bool = False,
     vectorize: bool = False,
     outer_jacobian_strategy: str = "reverse-mode",
+    *,
+    jit: bool = True,
 ) -> Any:
     """The dense Hessian of a scalar function, as ``torch.autograd.functional.hessian``.
 
     Memory grows with the square of the number of inputs: use :func:`hvp` for large problems.
 
     Args:
-      func, inputs, create_graph, strict: as in :func:`hvp`.
+      func, inputs, create_graph, strict, jit: as in :func:`hvp`.
       vectorize: if True, all Hessian rows are computed at once with ``jax.vmap``; if False
         (default), one row at a time with ``lax.map``, which bounds memory.
       outer_jacobian_strategy: ``"reverse-mode"`` (default; rows by ``jax.vjp`` of
@@ -218,7 +255,7 @@ def hessian(
             '`strict=False` or `strategy="reverse-mode"`.'
         )
         raise HVPError(msg)
-    spec = as_inputs(inputs, fn_name)
+    as_inputs(inputs, fn_name)
     if forward and not vectorize:
         msg = (
             "Computing Jacobian using forward-AD or forward-over-reverse Hessian is only "
@@ -232,6 +269,16 @@ def hessian(
         )
         raise HVPError(msg)
 
+    options = (bool(create_graph), bool(strict), forward, bool(vectorize))
+    if jit:
+        return _cache.call(_hessian, options, func, (inputs,))
+    return _hessian(func, inputs, *options)
+
+
+def _hessian(
+    func: Callable, inputs: Any, create_graph: bool, strict: bool, forward: bool, vectorize: bool
+) -> Any:
+    spec = as_inputs(inputs, "hessian")
     scalar = scalar_fn(func, spec)
     grad_fn = jax.grad(scalar, has_aux=True)
     dense = functools.partial(dense_hessian, grad_fn, forward=forward, vectorize=vectorize)

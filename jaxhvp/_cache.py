@@ -1,0 +1,202 @@
+"""The compiled-kernel cache behind eager calls: the one piece of global state in jaxhvp.
+
+An eager call is keyed by what decides its traced program: the entry point and its options,
+the pytree structure of the arguments, and the function's skeleton (``_closure.split``).
+Each key owns one ``jax.jit`` kernel taking the argument leaves and the function's array
+leaves; ``jax.jit`` then dispatches on shapes and dtypes, compiling once per signature.
+Under an outer trace (the user's ``jit``, ``vmap``, ``grad``) nothing is cached: the caller
+just traces.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import threading
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+
+from . import _closure
+from ._errors import HVPError
+
+try:  # JAX has no public "am I being traced?"; without it every call traces (still correct).
+    from jax._src.core import trace_ctx as _trace_ctx
+
+    _at_top_level = _trace_ctx.is_top_level
+except (ImportError, AttributeError):  # pragma: no cover
+
+    def _at_top_level() -> bool:
+        return False
+
+
+DEFAULT_MAXSIZE = 256
+RECOMPILE_WARNING_AT = 16
+
+
+class CacheInfo(NamedTuple):
+    """Counters of the kernel cache, as ``functools.lru_cache`` reports them.
+
+    ``compilations`` counts traces of kernels: one per new function skeleton, argument
+    structure, shape or dtype.
+    """
+
+    hits: int
+    misses: int
+    compilations: int
+    size: int
+    maxsize: int
+
+
+class _KernelCache:
+    """An LRU map from call keys to jit-compiled kernels, with counters; thread-safe."""
+
+    def __init__(self, maxsize: int) -> None:
+        self._lock = threading.Lock()
+        # key -> kernel; read without the lock on the hot path (a dict read is atomic).
+        self.entries: collections.OrderedDict = collections.OrderedDict()
+        self._pinned: dict = {}  # key -> objects whose ids the key holds, kept alive with it
+        self._misses_by_source: collections.Counter = collections.Counter()
+        self.maxsize = maxsize
+        self.hits = self.misses = self.compilations = 0
+
+    def hit(self, key: Any) -> None:
+        with self._lock:
+            self.hits += 1
+            if key in self.entries:  # another thread may have evicted it meanwhile
+                self.entries.move_to_end(key)
+
+    def miss(self, key: Any, build: Callable[[], Callable], pinned: list, source: Any):
+        with self._lock:
+            kernel = self.entries.get(key)
+            if kernel is not None:  # another thread built it meanwhile
+                self.hits += 1
+                return kernel
+            self.misses += 1
+            self._misses_by_source[source] += 1
+            repeated = self._misses_by_source[source]
+            kernel = self.entries[key] = build()
+            self._pinned[key] = pinned
+            while len(self.entries) > self.maxsize:
+                evicted, _ = self.entries.popitem(last=False)
+                del self._pinned[evicted]
+        if repeated == RECOMPILE_WARNING_AT:
+            _warn_recompiles(source, repeated)
+        return kernel
+
+    def count_compilation(self) -> None:
+        with self._lock:
+            self.compilations += 1
+
+    def info(self) -> CacheInfo:
+        with self._lock:
+            return CacheInfo(
+                self.hits, self.misses, self.compilations, len(self.entries), self.maxsize
+            )
+
+    def clear(self, maxsize: int | None) -> None:
+        with self._lock:
+            self.entries.clear()
+            self._pinned.clear()
+            self._misses_by_source.clear()
+            self.hits = self.misses = self.compilations = 0
+            if maxsize is not None:
+                self.maxsize = maxsize
+
+
+_CACHE = _KernelCache(DEFAULT_MAXSIZE)
+_current = threading.local()  # templates of the call in flight on this thread
+_ARRAYS = _closure._ARRAY_TYPES
+_tree_flatten = jax.tree_util.tree_flatten
+
+
+def cache_info() -> CacheInfo:
+    """Hits, misses, compilations and size of the kernel cache behind eager calls.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxhvp
+      >>> jaxhvp.cache_clear()
+      >>> for _ in range(3):
+      ...     _ = jaxhvp.hvp(lambda x: (x**3).sum(), jnp.ones(3), jnp.ones(3))
+      >>> info = jaxhvp.cache_info()
+      >>> info.hits, info.misses, info.compilations
+      (2, 1, 1)
+    """
+    return _CACHE.info()
+
+
+def cache_clear(maxsize: int | None = None) -> None:
+    """Empties the kernel cache and resets its counters; optionally sets its bound.
+
+    Args:
+      maxsize: the most kernels kept (least recently used go first); default unchanged
+        (initially 256).
+    """
+    if maxsize is not None and (not isinstance(maxsize, int) or maxsize < 1):
+        msg = f"maxsize must be a positive int, but got {maxsize!r}."
+        raise ValueError(msg)
+    _CACHE.clear(maxsize)
+
+
+def call(impl: Callable, options: tuple, func: Callable, args: tuple) -> Any:
+    """``impl(func, *args, *options)``, through a cached jit-compiled kernel when eager.
+
+    ``impl`` must be traceable and ``options`` a hashable tuple of its static arguments.
+    Under an outer trace, or when some argument leaf is not an array (``impl`` then raises
+    the proper error), ``impl`` is simply called. This is the hot path of every eager call.
+    """
+    arg_leaves, treedef = _tree_flatten(args)
+    if not (arg_leaves and _at_top_level() and all(isinstance(x, _ARRAYS) for x in arg_leaves)):
+        return impl(func, *args, *options)
+    try:
+        skeleton, fn_leaves, templates, pinned = _closure.split(func)
+    except _closure.TooComplex:
+        skeleton, fn_leaves, templates, pinned = ("id", id(func)), [], [func], [func]
+    key = (impl, options, treedef, skeleton)
+    kernel = _CACHE.entries.get(key)
+    if kernel is None:
+        build = functools.partial(_build, impl, options, treedef, skeleton, len(arg_leaves))
+        kernel = _CACHE.miss(key, build, pinned, _source(func))
+    else:
+        _CACHE.hit(key)
+    _current.templates = templates
+    try:
+        return kernel(*arg_leaves, *fn_leaves)
+    except (HVPError, TypeError) as error:
+        # Raised while tracing: drop the note jax.jit adds about its own frames, so the
+        # error reads as it does eagerly.
+        notes = getattr(error, "__notes__", [])
+        notes[:] = [n for n in notes if "JAX has removed its internal frames" not in n]
+        raise
+    finally:
+        _current.templates = None
+
+
+def _build(impl: Callable, options: tuple, treedef: Any, skeleton: Any, num_args: int):
+    def kernel(*leaves: jax.Array) -> Any:
+        _CACHE.count_compilation()
+        func = _closure.rebuild(skeleton, leaves[num_args:], _current.templates)
+        return impl(func, *treedef.unflatten(leaves[:num_args]), *options)
+
+    return jax.jit(kernel)
+
+
+def _source(func: Callable) -> Any:
+    code = getattr(func, "__code__", None)
+    if code is None:
+        return type(func).__qualname__
+    return (code.co_filename, code.co_firstlineno, code.co_name)
+
+
+def _warn_recompiles(source: Any, count: int) -> None:
+    where = source if isinstance(source, str) else f"{source[2]} at {source[0]}:{source[1]}"
+    msg = (
+        f"jaxhvp compiled {count} kernels for {where}: the Python values it closes over "
+        "(numbers, strings) or the structure of its arguments keep changing, and each new "
+        "value is a new kernel. Pass numbers that change as arrays (jnp.asarray(...)), or "
+        "call with jit=False to skip compilation."
+    )
+    warnings.warn(msg, stacklevel=4)
