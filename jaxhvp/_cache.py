@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 
 from . import _closure
 from ._errors import HVPError
@@ -65,8 +66,10 @@ class _KernelCache:
     def hit(self, key: Any) -> None:
         with self._lock:
             self.hits += 1
-            if key in self.entries:  # another thread may have evicted it meanwhile
+            try:  # noqa: SIM105 (contextlib.suppress costs more on this hot path)
                 self.entries.move_to_end(key)
+            except KeyError:  # another thread evicted it meanwhile
+                pass
 
     def miss(self, key: Any, build: Callable[[], Callable], pinned: list, source: Any):
         with self._lock:
@@ -109,6 +112,7 @@ class _KernelCache:
 _CACHE = _KernelCache(DEFAULT_MAXSIZE)
 _current = threading.local()  # templates of the call in flight on this thread
 _ARRAYS = _closure._ARRAY_TYPES
+_CONCRETE_ARRAY_TYPES = frozenset({type(jax.numpy.zeros(())), np.ndarray})  # a fast first test
 _tree_flatten = jax.tree_util.tree_flatten
 
 
@@ -149,7 +153,7 @@ def call(impl: Callable, options: tuple, func: Callable, args: tuple) -> Any:
     the proper error), ``impl`` is simply called. This is the hot path of every eager call.
     """
     arg_leaves, treedef = _tree_flatten(args)
-    if not (arg_leaves and _at_top_level() and all(isinstance(x, _ARRAYS) for x in arg_leaves)):
+    if not _leaves_are_eager(arg_leaves):
         return impl(func, *args, *options)
     try:
         skeleton, fn_leaves, templates, pinned = _closure.split(func)
@@ -173,6 +177,20 @@ def call(impl: Callable, options: tuple, func: Callable, args: tuple) -> Any:
         raise
     finally:
         _current.templates = None
+
+
+def is_eager(args: Any) -> bool:
+    """Whether a call with these arguments runs at top level on concrete arrays."""
+    return _leaves_are_eager(jax.tree_util.tree_leaves(args))
+
+
+def _leaves_are_eager(leaves: list) -> bool:
+    if not (leaves and _at_top_level()):
+        return False
+    for x in leaves:
+        if type(x) not in _CONCRETE_ARRAY_TYPES and not isinstance(x, _ARRAYS):
+            return False
+    return True
 
 
 def _build(impl: Callable, options: tuple, treedef: Any, skeleton: Any, num_args: int):

@@ -21,6 +21,17 @@ from ._errors import HVPError
 from ._inputs import Inputs
 
 
+def check_product(scalar: Callable, inputs: Inputs, product_fn: Callable | None) -> None:
+    """hvp's and vhp's strict checks; ``product_fn`` (with create_graph) maps primals to it."""
+    grad_depends = check_gradient(
+        lambda p: scalar(p)[0], lambda p: jax.grad(scalar, has_aux=True)(p)[0], inputs
+    )
+    if inputs.fn_name == "vhp":
+        check_columns(grad_depends, inputs)
+    if product_fn is not None:
+        check_product_depends(product_fn, inputs)
+
+
 def tangent_dependence(fn: Callable[[Any], Any], primals: Any) -> np.ndarray:
     """Which input leaves each output leaf of ``fn`` depends on, differentiably.
 
