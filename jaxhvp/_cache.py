@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import itertools
 import threading
 import warnings
 from collections.abc import Callable
@@ -51,43 +52,61 @@ class CacheInfo(NamedTuple):
     maxsize: int
 
 
+class _Entry:
+    __slots__ = ("kernel", "pinned", "referenced")
+
+    def __init__(self, kernel: Callable, pinned: list) -> None:
+        self.kernel = kernel
+        self.pinned = pinned  # objects whose ids the key holds: kept alive with the entry
+        self.referenced = False
+
+
 class _KernelCache:
-    """An LRU map from call keys to jit-compiled kernels, with counters; thread-safe."""
+    """A bounded map from call keys to jit-compiled kernels, with counters; thread-safe.
+
+    Lookups take no lock: a dict read is atomic, and a hit only sets its entry's reference
+    bit and ticks an atomic counter. Inserts and evictions take the lock. Eviction is CLOCK
+    (second chance): an approximation of least-recently-used that costs nothing on hits.
+    """
 
     def __init__(self, maxsize: int) -> None:
         self._lock = threading.Lock()
-        # key -> kernel; read without the lock on the hot path (a dict read is atomic).
-        self.entries: collections.OrderedDict = collections.OrderedDict()
-        self._pinned: dict = {}  # key -> objects whose ids the key holds, kept alive with it
+        self.entries: dict[Any, _Entry] = {}  # in insertion order: the clock's hand is the front
         self._misses_by_source: collections.Counter = collections.Counter()
+        self._hits = itertools.count()
         self.maxsize = maxsize
-        self.hits = self.misses = self.compilations = 0
+        self.misses = self.compilations = 0
 
-    def hit(self, key: Any) -> None:
-        with self._lock:
-            self.hits += 1
-            try:  # noqa: SIM105 (contextlib.suppress costs more on this hot path)
-                self.entries.move_to_end(key)
-            except KeyError:  # another thread evicted it meanwhile
-                pass
+    def lookup(self, key: Any) -> Callable | None:
+        entry = self.entries.get(key)
+        if entry is None:
+            return None
+        entry.referenced = True
+        next(self._hits)
+        return entry.kernel
 
-    def miss(self, key: Any, build: Callable[[], Callable], pinned: list, source: Any):
+    def insert(self, key: Any, build: Callable[[], Callable], pinned: list, source: Any):
         with self._lock:
-            kernel = self.entries.get(key)
-            if kernel is not None:  # another thread built it meanwhile
-                self.hits += 1
-                return kernel
+            entry = self.entries.get(key)
+            if entry is not None:  # another thread built it meanwhile
+                next(self._hits)
+                return entry.kernel
             self.misses += 1
             self._misses_by_source[source] += 1
             repeated = self._misses_by_source[source]
-            kernel = self.entries[key] = build()
-            self._pinned[key] = pinned
-            while len(self.entries) > self.maxsize:
-                evicted, _ = self.entries.popitem(last=False)
-                del self._pinned[evicted]
+            entry = self.entries[key] = _Entry(build(), pinned)
+            self._evict()
         if repeated == RECOMPILE_WARNING_AT:
             _warn_recompiles(source, repeated)
-        return kernel
+        return entry.kernel
+
+    def _evict(self) -> None:
+        while len(self.entries) > self.maxsize:
+            oldest = next(iter(self.entries))
+            entry = self.entries.pop(oldest)
+            if entry.referenced:  # used since the hand last passed: a second chance
+                entry.referenced = False
+                self.entries[oldest] = entry
 
     def count_compilation(self) -> None:
         with self._lock:
@@ -95,18 +114,18 @@ class _KernelCache:
 
     def info(self) -> CacheInfo:
         with self._lock:
-            return CacheInfo(
-                self.hits, self.misses, self.compilations, len(self.entries), self.maxsize
-            )
+            hits = int(repr(self._hits)[len("count(") : -1])  # read without advancing
+            return CacheInfo(hits, self.misses, self.compilations, len(self.entries), self.maxsize)
 
     def clear(self, maxsize: int | None) -> None:
         with self._lock:
             self.entries.clear()
-            self._pinned.clear()
             self._misses_by_source.clear()
-            self.hits = self.misses = self.compilations = 0
+            self._hits = itertools.count()
+            self.misses = self.compilations = 0
             if maxsize is not None:
                 self.maxsize = maxsize
+                self._evict()
 
 
 _CACHE = _KernelCache(DEFAULT_MAXSIZE)
@@ -114,6 +133,7 @@ _current = threading.local()  # templates of the call in flight on this thread
 _ARRAYS = _closure._ARRAY_TYPES
 _CONCRETE_ARRAY_TYPES = frozenset({type(jax.numpy.zeros(())), np.ndarray})  # a fast first test
 _tree_flatten = jax.tree_util.tree_flatten
+_split_plain_function = _closure.split_plain_function
 
 
 def cache_info() -> CacheInfo:
@@ -153,19 +173,23 @@ def call(impl: Callable, options: tuple, func: Callable, args: tuple) -> Any:
     the proper error), ``impl`` is simply called. This is the hot path of every eager call.
     """
     arg_leaves, treedef = _tree_flatten(args)
-    if not _leaves_are_eager(arg_leaves):
+    if not (arg_leaves and _at_top_level()):
         return impl(func, *args, *options)
-    try:
-        skeleton, fn_leaves, templates, pinned = _closure.split(func)
-    except _closure.TooComplex:
-        skeleton, fn_leaves, templates, pinned = ("id", id(func)), [], [func], [func]
+    for x in arg_leaves:
+        if type(x) not in _CONCRETE_ARRAY_TYPES and not isinstance(x, _ARRAYS):
+            return impl(func, *args, *options)
+    parts = _split_plain_function(func)  # the common case, inlined for speed
+    if parts is None:
+        try:
+            parts = _closure.split(func)
+        except _closure.TooComplex:
+            parts = ("id", id(func)), [], [func], [func]
+    skeleton, fn_leaves, templates, pinned = parts
     key = (impl, options, treedef, skeleton)
-    kernel = _CACHE.entries.get(key)
+    kernel = _CACHE.lookup(key)
     if kernel is None:
         build = functools.partial(_build, impl, options, treedef, skeleton, len(arg_leaves))
-        kernel = _CACHE.miss(key, build, pinned, _source(func))
-    else:
-        _CACHE.hit(key)
+        kernel = _CACHE.insert(key, build, pinned, _source(func))
     _current.templates = templates
     try:
         return kernel(*arg_leaves, *fn_leaves)

@@ -47,7 +47,7 @@ class TooComplex(Exception):
 
 def split(func: Callable) -> tuple[Any, list, list, list]:
     """``(skeleton, leaves, templates, pinned)``; raises :class:`TooComplex` on huge graphs."""
-    plain = _split_plain_function(func)
+    plain = split_plain_function(func)
     if plain is not None:
         return plain
     walker = _Walker()
@@ -59,28 +59,38 @@ def rebuild(skeleton: Any, leaves: list, templates: list) -> Any:
     return _rebuild(skeleton, iter(leaves), iter(templates))
 
 
-def _split_plain_function(func: Any) -> tuple[Any, list, list, list] | None:
+def split_plain_function(func: Any) -> tuple[Any, list, list, list] | None:
     """The fast path: a function with no closure or defaults that names only fixed globals."""
     if type(func) is not types.FunctionType:
         return None
     if func.__closure__ or func.__defaults__ or func.__kwdefaults__:
         return None
-    namespace = func.__globals__
-    for name in _global_names(func.__code__):
+    code, namespace = func.__code__, func.__globals__
+    known = _names_by_code.get(id(code))
+    names = known[1] if known is not None and known[0] is code else _global_names(code)
+    for name in names:
         value = namespace.get(name)
         if value is not None and not isinstance(value, _FIXED_TYPES):
             return None
-    return ("live", ("plain", func.__code__, id(namespace))), [], [func], [namespace]
+    return ("live", ("plain", id(code), id(namespace))), [], [func], [code, namespace]
 
 
-@functools.lru_cache(maxsize=4096)
+_names_by_code: dict[int, tuple[types.CodeType, tuple[str, ...]]] = {}
+
+
 def _global_names(code: types.CodeType) -> tuple[str, ...]:
     """Names the code (and code nested in it: lambdas, comprehensions) may read as globals."""
+    known = _names_by_code.get(id(code))
+    if known is not None and known[0] is code:
+        return known[1]
     names = set(code.co_names)
     for const in code.co_consts:
         if isinstance(const, types.CodeType):
             names.update(_global_names(const))
-    return tuple(sorted(names))
+    if len(_names_by_code) >= 4096:
+        _names_by_code.clear()
+    _names_by_code[id(code)] = (code, tuple(sorted(names)))  # holds code: its id stays its own
+    return _names_by_code[id(code)][1]
 
 
 def _from_library(obj: Any) -> bool:

@@ -10,7 +10,7 @@ from jax import lax
 
 from . import _auto, _cache, _strict
 from ._inputs import as_inputs, as_tangents
-from ._modes import AUTO, check_callable, resolve_mode, scalar_fn
+from ._modes import AUTO, MODES, check_callable, resolve_mode, scalar_fn
 
 
 def detach(tree: Any, create_graph: bool) -> Any:
@@ -31,7 +31,8 @@ def product(
 ) -> Any:
     """Validates the options of a product and evaluates it, eagerly through the cache."""
     check_callable(func, fn_name)
-    compose = resolve_mode(mode, fn_name)
+    compose = MODES.get(mode) if isinstance(mode, str) else None
+    compose = compose or resolve_mode(mode, fn_name)
     flags = (fn_name, bool(create_graph), bool(strict), bool(has_aux))
     if compose == AUTO:
 

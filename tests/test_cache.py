@@ -250,6 +250,17 @@ def test_cache_is_bounded_and_releases_arrays():
     assert ref() is None
 
 
+def test_eviction_spares_kernels_in_use():
+    jaxhvp.cache_clear(maxsize=3)
+    x, v = jnp.arange(3.0), jnp.ones(3)
+    for step in range(10):
+        jaxhvp.hvp(cube, x, v)  # the hot kernel, used between every newcomer
+        jaxhvp.hvp(lambda x: step * cube(x), x, v)
+    info = jaxhvp.cache_info()
+    assert info.size == 3
+    assert (info.hits, info.misses) == (9, 11)  # cube compiled once, each newcomer once
+
+
 def test_huge_object_graphs_fall_back_to_identity():
     chain = jnp.ones(3)
     for _ in range(600):
