@@ -133,7 +133,6 @@ _current = threading.local()  # templates of the call in flight on this thread
 _ARRAYS = _closure._ARRAY_TYPES
 _CONCRETE_ARRAY_TYPES = frozenset({type(jax.numpy.zeros(())), np.ndarray})  # a fast first test
 _tree_flatten = jax.tree_util.tree_flatten
-_split_plain_function = _closure.split_plain_function
 
 
 def cache_info() -> CacheInfo:
@@ -173,18 +172,12 @@ def call(impl: Callable, options: tuple, func: Callable, args: tuple) -> Any:
     the proper error), ``impl`` is simply called. This is the hot path of every eager call.
     """
     arg_leaves, treedef = _tree_flatten(args)
-    if not (arg_leaves and _at_top_level()):
+    if not _leaves_are_eager(arg_leaves):
         return impl(func, *args, *options)
-    for x in arg_leaves:
-        if type(x) not in _CONCRETE_ARRAY_TYPES and not isinstance(x, _ARRAYS):
-            return impl(func, *args, *options)
-    parts = _split_plain_function(func)  # the common case, inlined for speed
-    if parts is None:
-        try:
-            parts = _closure.split(func)
-        except _closure.TooComplex:
-            parts = ("id", id(func)), [], [func], [func]
-    skeleton, fn_leaves, templates, pinned = parts
+    try:
+        skeleton, fn_leaves, templates, pinned = _closure.split(func)
+    except _closure.TooComplex:
+        skeleton, fn_leaves, templates, pinned = ("id", id(func)), [], [func], [func]
     key = (impl, options, treedef, skeleton)
     kernel = _CACHE.lookup(key)
     if kernel is None:

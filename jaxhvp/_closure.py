@@ -47,7 +47,7 @@ class TooComplex(Exception):
 
 def split(func: Callable) -> tuple[Any, list, list, list]:
     """``(skeleton, leaves, templates, pinned)``; raises :class:`TooComplex` on huge graphs."""
-    plain = split_plain_function(func)
+    plain = _split_plain_function(func)
     if plain is not None:
         return plain
     walker = _Walker()
@@ -59,16 +59,14 @@ def rebuild(skeleton: Any, leaves: list, templates: list) -> Any:
     return _rebuild(skeleton, iter(leaves), iter(templates))
 
 
-def split_plain_function(func: Any) -> tuple[Any, list, list, list] | None:
+def _split_plain_function(func: Any) -> tuple[Any, list, list, list] | None:
     """The fast path: a function with no closure or defaults that names only fixed globals."""
     if type(func) is not types.FunctionType:
         return None
     if func.__closure__ or func.__defaults__ or func.__kwdefaults__:
         return None
     code, namespace = func.__code__, func.__globals__
-    known = _names_by_code.get(id(code))
-    names = known[1] if known is not None and known[0] is code else _global_names(code)
-    for name in names:
+    for name in _global_names(code):
         value = namespace.get(name)
         if value is not None and not isinstance(value, _FIXED_TYPES):
             return None
