@@ -5,10 +5,19 @@ from ._cache import cache_clear as cache_clear
 from ._cache import cache_info as cache_info
 from ._errors import HVPError as HVPError
 from ._hessian import hessian as hessian
+from ._minimize import MinimizeResult as MinimizeResult
+from ._minimize import MinimizeStatus as MinimizeStatus
+from ._minimize import StepInfo as StepInfo
+from ._minimize import minimize as minimize
+from ._minimize import minimize_message as minimize_message
+from ._newton_cg import newton_cg_init as newton_cg_init
+from ._newton_cg import newton_cg_step as newton_cg_step
 from ._operator import HessianOperator as HessianOperator
 from ._operator import hessian_operator as hessian_operator
 from ._products import hvp as hvp
 from ._products import vhp as vhp
+from ._trust_ncg import trust_ncg_init as trust_ncg_init
+from ._trust_ncg import trust_ncg_step as trust_ncg_step
 
 __version__ = "0.1.0"
 
@@ -16,10 +25,19 @@ __all__ = [
     "CacheInfo",
     "HVPError",
     "HessianOperator",
+    "MinimizeResult",
+    "MinimizeStatus",
+    "StepInfo",
     "cache_clear",
     "cache_info",
     "hessian",
     "hessian_operator",
     "hvp",
+    "minimize",
+    "minimize_message",
+    "newton_cg_init",
+    "newton_cg_step",
+    "trust_ncg_init",
+    "trust_ncg_step",
     "vhp",
 ]
