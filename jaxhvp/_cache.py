@@ -92,6 +92,8 @@ class _KernelCache:
                 next(self._hits)
                 return entry.kernel
             self.misses += 1
+            if len(self._misses_by_source) >= 4 * self.maxsize:  # bound the bookkeeping too
+                self._misses_by_source.clear()
             self._misses_by_source[source] += 1
             repeated = self._misses_by_source[source]
             entry = self.entries[key] = _Entry(build(), pinned)
@@ -220,14 +222,18 @@ def _build(impl: Callable, options: tuple, treedef: Any, skeleton: Any, num_args
 
 
 def _source(func: Callable) -> Any:
-    code = getattr(func, "__code__", None)
-    if code is None:
-        return type(func).__qualname__
+    """Where ``func``'s code was written: recompilations are counted per source location."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    # A function or bound method has code; a callable object has its class's __call__.
+    code = getattr(func, "__code__", None) or getattr(type(func).__call__, "__code__", None)
+    if code is None:  # a builtin or compiled callable: counted per object
+        return id(func), repr(func)[:60]
     return (code.co_filename, code.co_firstlineno, code.co_name)
 
 
 def _warn_recompiles(source: Any, count: int) -> None:
-    where = source if isinstance(source, str) else f"{source[2]} at {source[0]}:{source[1]}"
+    where = source[1] if len(source) == 2 else f"{source[2]} at {source[0]}:{source[1]}"
     msg = (
         f"jaxhvp compiled {count} kernels for {where}: the Python values it closes over "
         "(numbers, strings) or the structure of its arguments keep changing, and each new "

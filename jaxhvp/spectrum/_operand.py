@@ -1,0 +1,199 @@
+"""What the spectrum estimators accept: an operator, a key, and how they see it as a flat matvec.
+
+Every estimator takes ``op``: a :class:`jaxhvp.HessianOperator` (including those built by
+``batch_hessian_operator`` and ``block_operator``) or any symmetric linear map ``matvec(v)``
+over a pytree, with ``like=`` giving the vectors' structure, shapes and dtypes. Inside the
+compiled kernel the map is seen over flat vectors (``ravel_pytree`` order), as
+:class:`FlatOperator`. :func:`compiled_call` runs an estimator as one compiled kernel: a
+``HessianOperator`` is a pytree and goes to ``jax.jit`` as an argument (its arrays are
+arguments, its structure is the compilation key); a plain matvec goes through the package's
+kernel cache (``_cache.call``), which lifts the arrays it closes over into arguments, so a
+fresh closure over new arrays does not recompile. Either way nothing is baked in as a
+constant, and under an outer trace the estimator is simply traced.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from .. import _cache
+from .._errors import HVPError
+from .._operator import HessianOperator
+
+
+def operand(op: Any, like: Any, fn_name: str) -> tuple[Callable, Any]:
+    """Checks ``op`` and ``like``; returns ``(matvec, like)`` with ``like`` as arrays.
+
+    A :class:`HessianOperator` supplies its own structure (its ``grad``); a plain callable
+    needs ``like``: a pytree of arrays or ``jax.ShapeDtypeStruct`` with floating dtypes.
+    """
+    if isinstance(op, HessianOperator):
+        if like is not None:
+            msg = (
+                f"{fn_name} takes like= only with a plain matvec function; a HessianOperator "
+                "already knows its vectors' structure (that of op.grad). Drop like=."
+            )
+            raise HVPError(msg)
+        return op, op.grad
+    if not callable(op):
+        msg = (
+            f"The op given to {fn_name} must be a jaxhvp.HessianOperator or a callable "
+            f"matvec(v) -> H v over a pytree, but got {type(op)}."
+        )
+        raise TypeError(msg)
+    if like is None:
+        msg = (
+            f"{fn_name} needs like= with a plain matvec function: a pytree of arrays (or "
+            "jax.ShapeDtypeStruct) with the structure, shapes and dtypes of the vectors v, "
+            f"e.g. {fn_name}(matvec, like=params, ...)."
+        )
+        raise TypeError(msg)
+    return op, _as_arrays(like, fn_name)
+
+
+def compiled_call(impl: Callable, options: tuple, matvec: Callable, args: tuple) -> Any:
+    """``impl(matvec, *args, *options)`` as a compiled kernel; ``options`` are static."""
+    if isinstance(matvec, HessianOperator):
+        return _jitted(impl, options)(matvec, *args)
+    return _cache.call(impl, options, matvec, args)
+
+
+@functools.lru_cache(maxsize=256)
+def _jitted(impl: Callable, options: tuple) -> Callable:
+    return jax.jit(lambda op, *args: impl(op, *args, *options))
+
+
+def _as_arrays(like: Any, fn_name: str) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(like)
+    if not leaves:
+        msg = f"like given to {fn_name} must hold at least one array, but got {like!r}."
+        raise HVPError(msg)
+    arrays = []
+    for path, leaf in leaves:
+        where = f"like{jax.tree_util.keystr(path)}"
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            leaf = jnp.zeros(leaf.shape, leaf.dtype)
+        elif isinstance(leaf, (jax.Array, np.ndarray)):
+            leaf = jnp.asarray(leaf)
+        else:
+            msg = (
+                f"like given to {fn_name} must be a pytree of arrays or jax.ShapeDtypeStruct, "
+                f"but {where} has type {type(leaf)}."
+            )
+            raise TypeError(msg)
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            msg = (
+                f"{fn_name} works on real floating vectors, but {where} has dtype "
+                f"{leaf.dtype}. Give like in the dtype of the vectors, e.g. float32."
+            )
+            raise HVPError(msg)
+        arrays.append(leaf)
+    return treedef.unflatten(arrays)
+
+
+def check_key(key: Any, fn_name: str) -> jax.Array:
+    """A PRNG key: a typed key (``jax.random.key``) or a raw one (``jax.random.PRNGKey``)."""
+    if isinstance(key, (jax.Array, np.ndarray)):
+        key = jnp.asarray(key)
+        typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+        if (typed and key.shape == ()) or (key.dtype == jnp.uint32 and key.shape == (2,)):
+            return key
+    msg = (
+        f"key given to {fn_name} must be one JAX PRNG key, e.g. key=jax.random.key(0), but "
+        f"got {_describe(key)}."
+    )
+    raise TypeError(msg)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (jax.Array, np.ndarray)):
+        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
+    return f"{type(value).__name__} {value!r}"
+
+
+def check_count(value: Any, name: str, fn_name: str, *, minimum: int = 1) -> int:
+    """A Python int of at least ``minimum`` (bools are not counts)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum:
+        return int(value)
+    msg = f"{name} given to {fn_name} must be an int >= {minimum}, but got {value!r}."
+    raise HVPError(msg)
+
+
+def check_batch_size(value: Any, fn_name: str) -> int | None:
+    return None if value is None else check_count(value, "probe_batch_size", fn_name)
+
+
+def check_choice(value: Any, name: str, choices: tuple[str, ...], fn_name: str) -> str:
+    if isinstance(value, str) and value in choices:
+        return value
+    options = ", ".join(repr(c) for c in choices)
+    msg = f"{name} given to {fn_name} must be one of {options}, but got {value!r}."
+    raise HVPError(msg)
+
+
+def size_of(like: Any) -> int:
+    return sum(int(np.prod(jnp.shape(x))) for x in jax.tree_util.tree_leaves(like))
+
+
+class FlatOperator:
+    """``matvec`` seen over flat vectors of ``like``'s ``ravel_pytree`` order; traced only."""
+
+    def __init__(self, matvec: Callable, like: Any, fn_name: str) -> None:
+        flat, self.unravel = ravel_pytree(like)
+        self.n, self.dtype = flat.size, flat.dtype
+        self._matvec = matvec
+        _check_output(matvec, like, fn_name)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return ravel_pytree(self._matvec(self.unravel(x)))[0].astype(self.dtype)
+
+    def stacked(self, rows: jax.Array) -> Any:
+        """Flat vectors stacked on axis 0 as the pytree of ``like``, each leaf stacked."""
+        return jax.vmap(self.unravel)(rows)
+
+
+def _check_output(matvec: Callable, like: Any, fn_name: str) -> None:
+    def signature(tree: Any) -> tuple:
+        leaves, treedef = jax.tree_util.tree_flatten(tree)
+        return treedef, [(tuple(x.shape), np.dtype(x.dtype)) for x in leaves]
+
+    expected, given = signature(like), signature(jax.eval_shape(matvec, like))
+    if given != expected:
+        msg = (
+            f"The matvec given to {fn_name} must return H v with the structure, shapes and "
+            f"dtypes of v, {expected[0]} with leaves {expected[1]}, but it returned "
+            f"{given[0]} with leaves {given[1]}. A symmetric operator maps the vector space "
+            "to itself."
+        )
+        raise HVPError(msg)
+
+
+def map_probes(fn: Callable, xs: Any, batch_size: int | None) -> Any:
+    """``fn`` over the leading axis of ``xs``: all at once (``vmap``) or in chunks (``lax.map``)."""
+    if batch_size is None:
+        return jax.vmap(fn)(xs)
+    return lax.map(fn, xs, batch_size=batch_size)
+
+
+def rademacher(key: jax.Array, n: int, dtype: Any) -> jax.Array:
+    return jax.random.rademacher(key, (n,), dtype=dtype)
+
+
+def require_matfree(what: str) -> None:
+    """Raises at the call, not inside the compiled kernel, when matfree is missing."""
+    try:
+        import matfree  # noqa: F401
+    except ImportError as error:
+        msg = (
+            f"{what} uses the optional dependency matfree: pip install 'jaxhvp[spectrum]' "
+            "(or pip install matfree)."
+        )
+        raise ImportError(msg) from error
