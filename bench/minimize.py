@@ -13,13 +13,13 @@ Problems: the chained Rosenbrock (``scipy.optimize.rosen``) and the Moré-Garbow
 extended Rosenbrock (decoupled pairs), both with n = 1000 from (-1.2, 1, -1.2, 1, ...), and an
 L2-regularised logistic regression (m samples, d = 1000 features).
 
-Run from the repository root: ``python docs/minimize_timing.py`` (about a minute). Each
+Run from the repository root: ``python -m bench.minimize`` (about a minute). Each
 time is the best of ``--repeat`` runs (default 3). On a machine shared with other jobs, pin
 every implementation to one thread for steadier numbers::
 
     OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 \
     XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
-    python docs/minimize_timing.py --repeat 7
+    python -m bench.minimize --repeat 7
 """
 
 from __future__ import annotations

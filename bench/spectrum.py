@@ -12,7 +12,7 @@ References, in float64 with JAX: the top eigenvalue by ``spectrum.eigenvalues`` 
 ``tol=1e-10`` (residual-checked), the trace by Hutch++ with many probes (an estimate, with
 its standard error). Run from the repository root::
 
-    python docs/spectrum_bench.py [--quick] [--json rows.json]
+    python -m bench.spectrum [--quick] [--json rows.json]
 
 PyHessian is optional (``pip install --no-deps pyhessian``; version 0.1 needs only torch
 and numpy); without it the PyHessian rows say why they are missing.

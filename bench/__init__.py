@@ -1,0 +1,52 @@
+"""Comparison benchmark suite: jaxhvp against raw JAX and PyTorch.
+
+Run ``python -m bench`` (or ``python -m bench --quick``) from the repository root; see
+``python -m bench --help``. Modules:
+
+* ``problems``: the synthetic problems, each defined once in JAX and once in torch on the same
+  numpy data, with a reference Hessian-vector product;
+* ``impls``: the implementation registry (name -> factory of a zero-argument callable);
+* ``measure``: the timing protocol, the correctness check and the memory measurement;
+* ``report``: CSV, JSON, the printed table and the plots;
+* ``_worker``: one (problem, implementation) in a fresh process, for peak memory.
+
+This module imports neither JAX nor torch: :func:`configure_threads` has to run first.
+"""
+
+from __future__ import annotations
+
+import os
+
+JAX_PREALLOCATE_OFF = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+
+
+def configure_threads(threads: int) -> None:
+    """Gives JAX and torch the same ``threads`` cores; call before importing either.
+
+    On Linux the process is pinned to the first ``threads`` cores when fewer than all are
+    asked for: both XLA's and torch's thread pools size themselves from the affinity mask.
+    ``XLA_FLAGS`` keeps Eigen multi-threaded, and :func:`bench.measure.set_torch_threads`
+    calls ``torch.set_num_threads`` once torch is imported. On a GPU, JAX is told not to
+    preallocate most of the device memory, so that both frameworks can share it.
+    """
+    available = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    if available and threads < len(available):
+        os.sched_setaffinity(0, available[:threads])
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" not in flags:
+        flags = f"{flags} --xla_cpu_multi_thread_eigen=true".strip()
+    os.environ["XLA_FLAGS"] = flags
+    for key, value in JAX_PREALLOCATE_OFF.items():
+        os.environ.setdefault(key, value)
+    os.environ["BENCH_THREADS"] = str(threads)
+    # torch.compile: its C++ compiler workers would compete with the timed process, and its
+    # on-disk caches would make a first call warm; JAX's persistent cache is off by default.
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+    os.environ.setdefault("TORCHINDUCTOR_FX_GRAPH_CACHE", "0")
+    os.environ.setdefault("TORCHINDUCTOR_AUTOGRAD_CACHE", "0")
+
+
+def default_threads() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

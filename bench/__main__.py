@@ -1,0 +1,266 @@
+"""``python -m bench``: jaxhvp against raw JAX and PyTorch; see ``python -m bench --help``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+import functools
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from . import configure_threads, default_threads
+
+EPILOG = """\
+Filters take names, shell globs or prefixes ending at '.', '(' or '[' (so 'jax' selects
+jax.grad and jax.jit(...) but not jaxhvp.*, and 'jaxhvp.hvp' every jaxhvp.hvp variant), or
+'=NAME' for exactly NAME, separated by spaces or commas; --list shows them. The gradient of
+each framework used is always timed: it is the per_grad unit.
+
+The full run measures each row in a fresh process (python -m bench._worker): peak memory and
+a cold first call. --quick: smaller CNN and transformer, fewer repetitions, no torch.compile,
+batched rows at k = 1 and 8 only, everything in this process (peak memory NaN), and shorter
+waits for a quiet machine.
+"""
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--quick", action="store_true", help="the reduced suite (~3 min on 2 cores)")
+    p.add_argument("--problems", nargs="+", metavar="P", help="problems to run (default all)")
+    p.add_argument("--impls", nargs="+", metavar="I", help="implementations (default all)")
+    p.add_argument("--out", type=Path, default=Path("results"), help="output folder (results)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads(),
+        help="threads for both frameworks (default: all cores available)",
+    )
+    p.add_argument(
+        "--memory",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="a fresh process per row, with peak memory (default: on unless --quick)",
+    )
+    p.add_argument("--target-time", type=float, help="timed seconds per row (1.0; quick 0.1)")
+    p.add_argument("--min-reps", type=int, help="fewest timed calls per row (5; quick 3)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="seconds before a fresh-process row is killed (300)",
+    )
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        help="seconds to wait for a quiet machine before each row (30; quick 5; "
+        "at most 600 in all, quick 20; 0 turns the wait off)",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if a row is wrong or fails (torch.compile rows excepted)",
+    )
+    p.add_argument("--list", action="store_true", help="list problems and implementations")
+    return p.parse_args(argv)
+
+
+def selected(names: list[str], patterns: list[str] | None) -> list[str]:
+    if not patterns:
+        return names
+    tokens = [t for pattern in patterns for t in pattern.split(",") if t]
+    return [n for n in names if any(_matches(n, t) for t in tokens)]
+
+
+def _matches(name: str, token: str) -> bool:
+    if token.startswith("="):
+        return name == token[1:]
+    if name == token or fnmatch.fnmatchcase(name, token):
+        return True
+    return name.startswith(token) and (len(name) == len(token) or name[len(token)] in ".([ ")
+
+
+class _Progress:
+    """A tqdm bar on a terminal (when tqdm is installed), else one line per row on stderr."""
+
+    def __init__(self, total: int) -> None:
+        self.bar, self.total, self.n = None, total, 0
+        if sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+            except ImportError:
+                return
+            self.bar = tqdm(total=total, unit="row", dynamic_ncols=True)
+
+    def show(self, label: str) -> None:
+        """``label`` is what runs now."""
+        if self.bar is None:
+            print(f"[{self.n}/{self.total} done] {label}", file=sys.stderr, flush=True)
+        else:
+            self.bar.set_postfix_str(label[:70])
+
+    def done(self) -> None:
+        self.n += 1
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_threads(args.threads)  # before JAX and torch are imported
+
+    from . import impls, measure, problems, report
+
+    measure.set_torch_threads(args.threads)
+    registry = impls.by_name()
+    if args.list:
+        print("problems:", *problems.BUILDERS, sep="\n  ")
+        print("implementations:", *registry, sep="\n  ")
+        return 0
+
+    memory = not args.quick if args.memory is None else args.memory
+    settings = measure.Settings(
+        min_reps=args.min_reps or (3 if args.quick else 5),
+        max_reps=50 if args.quick else 200,
+        target_s=args.target_time or (0.1 if args.quick else 1.0),
+        timeout_s=args.timeout,
+        threads=args.threads,
+    )
+    problem_names = selected(list(problems.BUILDERS), args.problems)
+    impl_names = selected(list(registry), args.impls)
+    chosen = [
+        impl
+        for impl in registry.values()
+        if (impl.name in impl_names and (impl.quick or not args.quick))
+        or (
+            impl.kind == "grad"
+            and any(impls.UNITS[registry[n].framework] == impl.name for n in impl_names)
+        )
+    ]
+    if not problem_names or not chosen:
+        print("nothing selected: see --list", file=sys.stderr)
+        return 2
+
+    started = time.perf_counter()
+    built = {name: problems.build(name, args.quick) for name in problem_names}
+    tasks = [
+        (built[p], impl, row, k)
+        for p in problem_names
+        for impl in chosen
+        for row, k in impl.row_names(built[p], args.quick)
+    ]
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    checks: dict[str, dict[str, Any]] = {}
+    guard = measure.QuietGuard(
+        max_wait_s=args.max_wait if args.max_wait is not None else (5.0 if args.quick else 30.0),
+        budget_s=20.0 if args.quick else 600.0,
+        retries=0 if args.quick else 2,
+    )
+    progress = _Progress(len(tasks))
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, problem in built.items():
+            mine = [t for t in tasks if t[0] is problem]
+            if not mine:
+                continue
+            progress.show(f"{name}: agreement check and references")
+            checks[name] = _describe(problem, problems.check_agreement(problem))
+            k_max = max(k for *_, k in mine)
+            refs = problems.references(problem, k_max)
+            refs_path = Path(tmp) / f"{name}.npz"
+            measure.save_refs(refs, refs_path)
+            for _, impl, row_name, k in mine:
+                progress.show(f"{name} {row_name}")
+                if memory or impl.isolate:
+                    measure_row = functools.partial(
+                        measure.run_isolated,
+                        problem,
+                        impl,
+                        row_name,
+                        k,
+                        refs_path,
+                        settings,
+                        args.quick,
+                    )
+                else:
+                    measure_row = functools.partial(
+                        measure.run_one, problem, impl, row_name, k, refs, settings
+                    )
+                rows.append(guard.run(measure_row))
+                progress.done()
+    progress.close()
+
+    report.add_per_grad(rows)
+    elapsed = time.perf_counter() - started
+    meta = {
+        "machine": report.machine_info(args.threads),
+        "config": {
+            "quick": args.quick,
+            "memory": memory,
+            "argv": sys.argv[1:] if argv is None else argv,
+            "tolerance": measure.TOLERANCE,
+            "dtype": "float32",
+            "memory_method": measure.PeakMemory.method() if memory else "not measured (NaN)",
+            **dataclasses.asdict(settings),
+        },
+        "problems": checks,
+        "elapsed_s": elapsed,
+        "quiet_guard": {
+            "enabled": guard.enabled,
+            "waited_s": guard.waited_s,
+            "threshold_cores": guard.threshold,
+            "retries": guard.retries,
+            "max_wait_s": guard.max_wait_s,
+            "budget_s": guard.budget_s,
+        },
+    }
+    report.write_csv(rows, out / "results.csv")
+    report.write_json(rows, meta, out / "results.json")
+    (out / "table.md").write_text(report.markdown_table(rows) + "\n")
+    plots = report.plot(rows, out)
+
+    print()
+    print(report.text_table(rows))
+    summary = report.overhead_summary(rows)
+    if summary:
+        print("\n" + summary)
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "wrong", "error", "timeout")}
+    files = ["results.csv", "results.json", "table.md", *(p.name for p in plots)]
+    print(
+        f"\n{len(rows)} rows ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}) in "
+        f"{elapsed:.0f} s; {args.threads} threads; results in {out}/ ({', '.join(files)})"
+    )
+    if not plots:
+        print("no plots: matplotlib is not installed (pip install -e '.[bench]')")
+    failed = [
+        r
+        for r in rows
+        if r["status"] == "wrong" or (r["status"] != "ok" and not registry[r["base_impl"]].isolate)
+    ]
+    return 1 if args.check and failed else 0
+
+
+def _describe(problem: Any, agreement: dict[str, float]) -> dict[str, Any]:
+    worst = max(agreement.values())
+    if not worst <= 1e-3 or math.isnan(worst):
+        msg = f"{problem.name}: the JAX and torch definitions disagree: {agreement}"
+        raise AssertionError(msg)
+    return {"description": problem.description, "parameters": problem.size, **agreement}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

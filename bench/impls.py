@@ -1,0 +1,406 @@
+"""The implementation registry: name -> factory of a zero-argument callable giving the product.
+
+A factory receives a :class:`Case` (the problem, its JAX and torch views built lazily, and
+``k``, the number of vectors) and returns ``call()``. ``call()`` returns the Hessian-vector
+product structured like the view's ``params``; a ``kind="batched"`` callable returns the
+``k`` products stacked on a leading axis or as a list; a ``kind="grad"`` callable returns the
+gradient, the unit that ``per_grad`` divides by. Everything that can be prepared once
+(``jit``, ``requires_grad`` copies, split vectors) is prepared in the factory, outside the
+timed call.
+
+Names begin with the framework (``jaxhvp``, ``jax`` or ``torch``) so rows group by it.
+jaxhvp rows follow the installed version (:func:`jaxhvp_rows`): one per ``mode=`` value when
+``jaxhvp.hvp`` takes ``mode``, an op-by-op row when it takes ``jit``, and the
+linearized-operator rows when ``jaxhvp.hessian_operator`` exists. A new row is one ``Impl``
+line and, if needed, a factory of a few lines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import torch
+import torch.autograd.functional as taf
+import torch.func as tfn
+from jax import lax
+
+import jaxhvp
+
+from . import problems
+
+MODES = ("fwd-rev", "rev-rev", "rev-fwd", "auto")
+CHUNK = 8  # vectors per chunk in the chunked batched rows
+
+
+@dataclasses.dataclass
+class Case:
+    problem: problems.Problem
+    k: int = 1
+
+    @functools.cached_property
+    def jax(self) -> problems.View:
+        return problems.jax_view(self.problem, self.k)
+
+    @functools.cached_property
+    def torch(self) -> problems.View:
+        return problems.torch_view(self.problem, self.k)
+
+
+Factory = Callable[[Case], Callable[[], Any]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Impl:
+    name: str
+    factory: Factory
+    kind: str = "hvp"  # "grad" (the unit), "hvp", "overhead" or "batched"
+    quick: bool = True  # part of --quick
+    isolate: bool = False  # always in its own time-boxed process (torch.compile)
+
+    @property
+    def framework(self) -> str:
+        return next(f for f in ("jaxhvp", "jax", "torch") if self.name.startswith(f))
+
+    def applies(self, problem: problems.Problem) -> bool:
+        if self.kind == "overhead":
+            return problem.overhead
+        if self.kind == "batched":
+            return problem.batched
+        return True
+
+    def row_names(self, problem: problems.Problem, quick: bool) -> list[tuple[str, int]]:
+        """``(row name, k)`` for each row this implementation gives on ``problem``."""
+        if not self.applies(problem):
+            return []
+        if self.kind == "batched":
+            return [
+                (f"{self.name} [k={k}]", k) for k in (problems.KS_QUICK if quick else problems.KS)
+            ]
+        return [(self.name, 1)]
+
+
+UNITS = {"jaxhvp": "jax.grad", "jax": "jax.grad", "torch": "torch.autograd.grad"}
+
+
+# --- JAX -------------------------------------------------------------------------------------
+
+
+def _jax_fwd_rev(loss: Callable) -> Callable:
+    """Hand-written forward-over-reverse, with the data as an argument: a closed-over array
+    would be compiled in as a constant."""
+
+    def hvp(p: Any, d: dict, v: Any) -> Any:
+        return jax.jvp(jax.grad(lambda q: loss(q, d)), (p,), (v,))[1]
+
+    return hvp
+
+
+def _jax_rev_rev(loss: Callable) -> Callable:
+    def vhp(p: Any, d: dict, v: Any) -> Any:
+        return jax.vjp(jax.grad(lambda q: loss(q, d)), p)[1](v)[0]
+
+    return vhp
+
+
+def jax_grad(c: Case) -> Callable:
+    grad, j = jax.jit(jax.grad(c.jax.loss)), c.jax
+    return lambda: grad(j.params, j.data)
+
+
+def jax_jit(compose: Callable) -> Factory:
+    def factory(c: Case) -> Callable:
+        f, j = jax.jit(compose(c.jax.loss)), c.jax
+        return lambda: f(j.params, j.data, j.v)
+
+    return factory
+
+
+def jax_fresh_data(c: Case) -> Callable:
+    f, j = jax.jit(_jax_fwd_rev(c.jax.loss)), c.jax
+    return lambda: f(j.params, j.fresh_data(), j.v)
+
+
+def jax_vmap(c: Case) -> Callable:
+    f, j = jax.jit(jax.vmap(_jax_fwd_rev(c.jax.loss), in_axes=(None, None, 0))), c.jax
+    return lambda: f(j.params, j.data, j.stacked)
+
+
+def jax_chunked(c: Case) -> Callable:
+    one = _jax_fwd_rev(c.jax.loss)
+    f = jax.jit(lambda p, d, vs: lax.map(lambda v: one(p, d, v), vs, batch_size=CHUNK))
+    j = c.jax
+    return lambda: f(j.params, j.data, j.stacked)
+
+
+def jax_loop(c: Case) -> Callable:
+    f, j = jax.jit(_jax_fwd_rev(c.jax.loss)), c.jax
+    return lambda: [f(j.params, j.data, v) for v in j.vs]
+
+
+# --- jaxhvp ----------------------------------------------------------------------------------
+
+
+def jaxhvp_call(fn: Callable, **kwargs: Any) -> Factory:
+    def factory(c: Case) -> Callable:
+        j = c.jax
+        return lambda: fn(j.func, j.params, j.v, **kwargs)[1]
+
+    return factory
+
+
+def jaxhvp_jit(c: Case) -> Callable:
+    loss = c.jax.loss
+    f = jax.jit(lambda p, d, v: jaxhvp.hvp(lambda q: loss(q, d), p, v)[1])
+    j = c.jax
+    return lambda: f(j.params, j.data, j.v)
+
+
+def jaxhvp_fresh_closure(c: Case) -> Callable:
+    """``jaxhvp.hvp(lambda p: loss(p, batch), params, v)`` with a new lambda and a new batch
+    (a fresh device array) on every call."""
+    loss, fresh_data, params, v = c.jax.loss, c.jax.fresh_data, c.jax.params, c.jax.v
+
+    def call() -> Any:
+        batch = fresh_data()
+        return jaxhvp.hvp(lambda p: loss(p, batch), params, v)[1]
+
+    return call
+
+
+def jaxhvp_loop(c: Case) -> Callable:
+    j = c.jax
+    return lambda: [jaxhvp.hvp(j.func, j.params, v)[1] for v in j.vs]
+
+
+def jaxhvp_vmap(c: Case) -> Callable:
+    j = c.jax
+    return lambda: jax.vmap(lambda v: jaxhvp.hvp(j.func, j.params, v)[1])(j.stacked)
+
+
+def jaxhvp_operator_apply(c: Case) -> Callable:
+    """Products from an operator built once, outside the timed calls: the cost of reuse. The
+    first call builds it, so ``compile_s`` includes the linearization."""
+    j, ops = c.jax, []
+
+    def call() -> Any:
+        if not ops:
+            ops.append(jaxhvp.hessian_operator(j.func, j.params))
+        return ops[0](j.v)
+
+    return call
+
+
+def jaxhvp_operator_batched(how: str) -> Factory:
+    """A fresh operator per call, then its k products (``how``: a Python loop, ``matmat``
+    vmapped, or ``matmat`` in chunks): comparable with k fresh ``hvp`` calls."""
+
+    def factory(c: Case) -> Callable:
+        j = c.jax
+
+        def call() -> Any:
+            op = jaxhvp.hessian_operator(j.func, j.params)
+            if how == "loop":
+                return [op(v) for v in j.vs]
+            return op.matmat(j.stacked, batch_size=CHUNK if how == "chunked" else None)
+
+        return call
+
+    return factory
+
+
+# --- torch -----------------------------------------------------------------------------------
+
+
+def _leaves(params: Any) -> tuple:
+    return params if isinstance(params, tuple) else (params,)
+
+
+def _requiring_grad(params: Any) -> tuple:
+    return tuple(p.detach().clone().requires_grad_() for p in _leaves(params))
+
+
+def _star(view: problems.View) -> Callable:
+    """The loss as ``func(*tensors)``, torch.autograd.functional's calling convention."""
+    single = not isinstance(view.params, tuple)
+    return lambda *ts: view.func(ts[0] if single else ts)
+
+
+def torch_grad(c: Case) -> Callable:
+    t = c.torch
+    leaves = _requiring_grad(t.params)
+    f = _star(t)
+    return lambda: torch.autograd.grad(f(*leaves), leaves)
+
+
+def torch_functional(fn: Callable) -> Factory:
+    def factory(c: Case) -> Callable:
+        t = c.torch
+        f = _star(t)
+        return lambda: fn(f, t.params, t.v)[1]
+
+    return factory
+
+
+def torch_fresh_closure(c: Case) -> Callable:
+    loss, fresh_data, params, v = c.torch.loss, c.torch.fresh_data, c.torch.params, c.torch.v
+    single = not isinstance(params, tuple)
+
+    def call() -> Any:
+        batch = fresh_data()
+        return taf.hvp(lambda *ts: loss(ts[0] if single else ts, batch), params, v)[1]
+
+    return call
+
+
+def torch_functional_loop(c: Case) -> Callable:
+    t = c.torch
+    f = _star(t)
+    return lambda: [taf.hvp(f, t.params, v)[1] for v in t.vs]
+
+
+def _torch_fwd_rev(view: problems.View) -> Callable:
+    grad = tfn.grad(view.func)
+    return lambda p, v: tfn.jvp(grad, (p,), (v,))[1]
+
+
+def torch_jvp_grad(c: Case) -> Callable:
+    t, f = c.torch, _torch_fwd_rev(c.torch)
+    return lambda: f(t.params, t.v)
+
+
+def torch_compiled(c: Case) -> Callable:
+    t, f = c.torch, torch.compile(_torch_fwd_rev(c.torch))
+    return lambda: f(t.params, t.v)
+
+
+def torch_vmap(chunk_size: int | None) -> Factory:
+    def factory(c: Case) -> Callable:
+        t, one = c.torch, _torch_fwd_rev(c.torch)
+        f = tfn.vmap(lambda v: one(t.params, v), chunk_size=chunk_size)
+        return lambda: f(t.stacked)
+
+    return factory
+
+
+def torch_double_backward(c: Case) -> Callable:
+    """The hand-written way: differentiate the gradient's dot product with v."""
+    t = c.torch
+    leaves, f, v = _requiring_grad(t.params), _star(t), _leaves(t.v)
+
+    def call() -> Any:
+        g = torch.autograd.grad(f(*leaves), leaves, create_graph=True)
+        return torch.autograd.grad(g, leaves, grad_outputs=v)
+
+    return call
+
+
+def torch_double_backward_reuse(batched: bool) -> Factory:
+    """The gradient's graph built once per call and reused for the k backward passes: torch's
+    counterpart of a linearized operator. ``batched`` runs them with ``is_grads_batched``."""
+
+    def factory(c: Case) -> Callable:
+        t = c.torch
+        leaves, f = _requiring_grad(t.params), _star(t)
+        vs = [_leaves(v) for v in t.vs]
+        stacked = _leaves(t.stacked)
+
+        def call() -> Any:
+            g = torch.autograd.grad(f(*leaves), leaves, create_graph=True)
+            if batched:
+                return torch.autograd.grad(g, leaves, grad_outputs=stacked, is_grads_batched=True)
+            return [torch.autograd.grad(g, leaves, grad_outputs=v, retain_graph=True) for v in vs]
+
+        return call
+
+    return factory
+
+
+# --- the registry ----------------------------------------------------------------------------
+
+
+def jaxhvp_rows() -> tuple[list[Impl], list[Impl]]:
+    """The jaxhvp rows that exist in the installed version: (one vector, k vectors)."""
+    options = inspect.signature(jaxhvp.hvp).parameters
+    single = [Impl("jaxhvp.hvp", jaxhvp_call(jaxhvp.hvp))]
+    if "mode" in options:  # the default mode is the plain jaxhvp.hvp row
+        single += [
+            Impl(f"jaxhvp.hvp(mode={m})", jaxhvp_call(jaxhvp.hvp, mode=m))
+            for m in MODES
+            if m != options["mode"].default
+        ]
+    if "jit" in options:  # the kernel cache's opt-out: op by op
+        single.append(Impl("jaxhvp.hvp(jit=False)", jaxhvp_call(jaxhvp.hvp, jit=False)))
+    single += [Impl("jaxhvp.vhp", jaxhvp_call(jaxhvp.vhp)), Impl("jaxhvp.hvp[jit]", jaxhvp_jit)]
+    batched = [
+        Impl("jaxhvp.hvp[loop]", jaxhvp_loop, kind="batched"),
+        Impl("jaxhvp.hvp[vmap]", jaxhvp_vmap, kind="batched"),
+    ]
+    if hasattr(jaxhvp, "hessian_operator"):
+        single.append(Impl("jaxhvp.hessian_operator[apply]", jaxhvp_operator_apply))
+        batched.append(
+            Impl("jaxhvp.hessian_operator[loop]", jaxhvp_operator_batched("loop"), kind="batched")
+        )
+        if hasattr(getattr(jaxhvp, "HessianOperator", None), "matmat"):
+            batched += [
+                Impl(
+                    "jaxhvp.hessian_operator.matmat",
+                    jaxhvp_operator_batched("vmap"),
+                    kind="batched",
+                ),
+                Impl(
+                    f"jaxhvp.hessian_operator.matmat[chunk={CHUNK}]",
+                    jaxhvp_operator_batched("chunked"),
+                    kind="batched",
+                ),
+            ]
+    return single, batched
+
+
+def registry() -> list[Impl]:
+    """Every implementation, in display order: the two gradient units first."""
+    jaxhvp_single, jaxhvp_batched = jaxhvp_rows()
+    impls = [
+        Impl("jax.grad", jax_grad, kind="grad"),
+        Impl("torch.autograd.grad", torch_grad, kind="grad"),
+        # one vector per call
+        *jaxhvp_single,
+        Impl("jax.jit(jvp(grad))", jax_jit(_jax_fwd_rev)),
+        Impl("jax.jit(vjp(grad))", jax_jit(_jax_rev_rev)),
+        Impl("torch.autograd.functional.hvp", torch_functional(taf.hvp)),
+        Impl("torch.autograd.functional.vhp", torch_functional(taf.vhp)),
+        Impl("torch.func.jvp(grad)", torch_jvp_grad),
+        Impl("torch.compile(func.jvp(grad))", torch_compiled, quick=False, isolate=True),
+        Impl("torch.double-backward", torch_double_backward),
+        # per-call overhead: a new closure over new data on every call
+        Impl("jaxhvp.hvp[fresh-closure]", jaxhvp_fresh_closure, kind="overhead"),
+        Impl("jax.jit(jvp(grad))[fresh-data]", jax_fresh_data, kind="overhead"),
+        Impl("torch.autograd.functional.hvp[fresh-closure]", torch_fresh_closure, kind="overhead"),
+        # k vectors per call
+        *jaxhvp_batched,
+        Impl("jax.jit(jvp(grad))[loop]", jax_loop, kind="batched"),
+        Impl("jax.jit(vmap(jvp(grad)))", jax_vmap, kind="batched"),
+        Impl(f"jax.jit(lax.map(jvp(grad)))[chunk={CHUNK}]", jax_chunked, kind="batched"),
+        Impl("torch.autograd.functional.hvp[loop]", torch_functional_loop, kind="batched"),
+        Impl(
+            "torch.double-backward[reuse-loop]", torch_double_backward_reuse(False), kind="batched"
+        ),
+        Impl(
+            "torch.double-backward[is_grads_batched]",
+            torch_double_backward_reuse(True),
+            kind="batched",
+        ),
+        Impl("torch.func.vmap(jvp(grad))", torch_vmap(None), kind="batched"),
+        Impl(f"torch.func.vmap(jvp(grad))[chunk={CHUNK}]", torch_vmap(CHUNK), kind="batched"),
+    ]
+    names = [i.name for i in impls]
+    assert len(names) == len(set(names)), "implementation names must be unique"
+    return impls
+
+
+def by_name() -> dict[str, Impl]:
+    return {impl.name: impl for impl in registry()}

@@ -1,0 +1,134 @@
+"""Smoke tests of the comparison benchmark (``python -m bench``): outputs and correctness only.
+
+No timing is asserted: timings depend on the machine. The suite runs in a subprocess, as CI
+runs it, so that its thread settings apply before JAX is imported.
+"""
+
+import csv
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from bench import problems
+from bench.__main__ import selected
+
+ROOT = Path(__file__).resolve().parent.parent
+REQUIRED = {
+    "problem",
+    "impl",
+    "median_s",
+    "p20_s",
+    "p80_s",
+    "per_grad",
+    "compile_s",
+    "peak_mem_mb",
+    "max_rel_err",
+    "status",
+}
+TOLERANCE = 1e-3
+# The plots need matplotlib, which the bench extra installs and the test extra may not.
+PLOTS = ["time_per_hvp.png", "hvp_grad_ratio.png"] if importlib.util.find_spec("matplotlib") else []
+
+
+def run_bench(out: Path, *args: str) -> list[dict]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench",
+        "--quick",
+        "--check",
+        "--max-wait",
+        "0",
+        "--out",
+        str(out),
+        *args,
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rel err" in proc.stdout  # the table was printed
+    for name in ["results.csv", "results.json", *PLOTS]:
+        assert (out / name).stat().st_size > 0, name
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert rows
+    assert set(rows[0]) >= REQUIRED
+    for row in rows:
+        assert row["status"] == "ok", row
+        assert float(row["max_rel_err"]) <= TOLERANCE, row
+        assert row["impl"].startswith(("jaxhvp", "jax", "torch")), row
+    meta = json.loads((out / "results.json").read_text())
+    assert {"jax", "torch", "python", "threads", "cpu"} <= set(meta["machine"])
+    assert len(meta["rows"]) == len(rows)
+    return rows
+
+
+def test_quick_suite_outputs_and_correctness(tmp_path):
+    impls = [
+        "jaxhvp.hvp",
+        "jaxhvp.vhp",
+        "jax.jit(jvp(grad))",
+        "torch.autograd.functional.hvp",
+        "torch.double-backward",
+    ]
+    rows = run_bench(
+        tmp_path, "--problems", "rosenbrock10", "--impls", *(f"={name}" for name in impls)
+    )
+    names = [row["impl"] for row in rows]
+    assert sorted(names) == sorted(["jax.grad", "torch.autograd.grad", *impls])  # + units
+    for row in rows:
+        assert math.isnan(float(row["peak_mem_mb"]))  # in-process rows: NaN, not a guess
+        assert float(row["per_grad"]) > 0
+
+
+def test_fresh_process_rows_measure_memory(tmp_path):
+    rows = run_bench(
+        tmp_path,
+        "--problems",
+        "rosenbrock10",
+        "--memory",
+        "--impls",
+        "=jaxhvp.hvp",
+        "=torch.autograd.functional.hvp",
+    )
+    assert len(rows) == 4
+    for row in rows:
+        assert float(row["peak_mem_mb"]) >= 0
+        assert float(row["compile_s"]) > 0
+
+
+def test_filters():
+    names = ["jax.grad", "jax.jit(jvp(grad))", "jaxhvp.hvp", "jaxhvp.hvp(mode=auto)", "torch.x"]
+    assert selected(names, ["jax"]) == ["jax.grad", "jax.jit(jvp(grad))"]
+    assert selected(names, ["jaxhvp.hvp"]) == ["jaxhvp.hvp", "jaxhvp.hvp(mode=auto)"]
+    assert selected(names, ["torch*,jax.grad"]) == ["jax.grad", "torch.x"]
+    assert selected(names, ["=jaxhvp.hvp"]) == ["jaxhvp.hvp"]
+    assert selected(names, None) == names
+
+
+@pytest.mark.parametrize("name", ["rosenbrock10", "logreg"])
+def test_problems_are_float32_agree_and_have_exact_references(name):
+    """Even with x64 on (the autouse fixture), the benchmark's data stay float32; the JAX and
+    torch losses agree; the analytic Hv equals JAX's float64 forward-over-reverse."""
+    problem = problems.build(name, quick=True)
+    view = problems.jax_view(problem, k=2)
+    assert all(x.dtype == np.float32 for x in jax.tree_util.tree_leaves(view.params))
+    assert all(v < 1e-5 for v in problems.check_agreement(problem).values())
+    refs = problems.references(problem, k=2)
+    assert problem.analytic_hvp is not None
+    p64 = {n: x.astype(np.float64) for n, x in problem.params.items()}
+    d64 = {n: x.astype(np.float64) for n, x in problem.data.items()}
+    vs = {n: x.astype(np.float64) for n, x in problem.vectors(2).items()}
+    with jax.enable_x64(True):
+        grad = jax.grad(problem.jax_loss)
+        for i in range(2):
+            v = {n: x[i] for n, x in vs.items()}
+            hv = jax.jvp(lambda p: grad(p, d64), (p64,), (v,))[1]
+            for n in problem.names:
+                np.testing.assert_allclose(refs["hvp"][n][i], hv[n], rtol=1e-9, atol=1e-9)
