@@ -1,5 +1,6 @@
 """jaxhvp: PyTorch's ``torch.autograd.functional.hvp`` for JAX, over any pytree."""
 
+from . import spectrum as spectrum
 from ._cache import CacheInfo as CacheInfo
 from ._cache import cache_clear as cache_clear
 from ._cache import cache_info as cache_info
@@ -35,6 +36,7 @@ __all__ = [
     "hvp",
     "minimize",
     "minimize_message",
+    "spectrum",
     "newton_cg_init",
     "newton_cg_step",
     "trust_ncg_init",

@@ -136,7 +136,13 @@ class _Walker:
 
     def _walk_composite(self, value: Any) -> Any:
         if isinstance(value, types.FunctionType):
-            return self._identity(value) if _from_library(value) else self._walk_function(value)
+            if _from_library(value):
+                return self._identity(value)
+            plain = _split_plain_function(value)
+            if plain is not None:  # handed back live by walk(); its code and globals pinned
+                self.pinned.extend(plain[3])
+                return plain[0][1]
+            return self._walk_function(value)
         if isinstance(value, types.MethodType):
             return ("method", self.walk(value.__func__), self.walk(value.__self__))
         if isinstance(value, functools.partial):
