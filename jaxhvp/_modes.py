@@ -44,6 +44,7 @@ def rev_fwd(scalar: Callable, primals: Any, vector: Any) -> tuple[Any, Any]:
 
 
 MODES: dict[str, Callable] = {"fwd-rev": fwd_rev, "rev-rev": rev_rev, "rev-fwd": rev_fwd}
+MODE_NAMES: dict[Callable, str] = {compose: name for name, compose in MODES.items()}
 AUTO = "auto"
 
 

@@ -16,7 +16,7 @@ from jax.flatten_util import ravel_pytree
 from . import _auto, _cache
 from ._errors import HVPError
 from ._inputs import Inputs, as_inputs, as_tangents
-from ._modes import AUTO, MODES, check_callable, resolve_mode, scalar_fn
+from ._modes import AUTO, MODE_NAMES, check_callable, resolve_mode, scalar_fn
 
 _NAME = "hessian_operator"
 
@@ -229,9 +229,6 @@ def hessian_operator(
     return _linearize(func, inputs, *options)
 
 
-_MODE_NAMES = {compose: name for name, compose in MODES.items()}
-
-
 def _linearize(func: Callable, inputs: Any, compose: Callable, has_aux: bool) -> HessianOperator:
     spec = as_inputs(inputs, _NAME)
     scalar = scalar_fn(func, spec, has_aux)
@@ -239,4 +236,4 @@ def _linearize(func: Callable, inputs: Any, compose: Callable, has_aux: bool) ->
     _, linear, (grad, (value, aux)) = jax.linearize(
         lambda v: compose(scalar, spec.primals, v), zeros, has_aux=True
     )
-    return HessianOperator(value, grad, aux, linear, _MODE_NAMES[compose], spec.is_tuple)
+    return HessianOperator(value, grad, aux, linear, MODE_NAMES[compose], spec.is_tuple)

@@ -21,12 +21,11 @@ from jax import lax
 
 from .._errors import HVPError
 from .._inputs import Inputs, as_inputs, is_array
-from .._modes import AUTO, MODES, check_callable, resolve_mode, scalar_fn
+from .._modes import AUTO, MODE_NAMES, MODES, check_callable, resolve_mode, scalar_fn
 from .._operator import HessianOperator
 from ._blocks import merge, pick
 
 _NAME = "batch_hessian_operator"
-_MODE_NAMES = {compose: name for name, compose in MODES.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +156,7 @@ def batch_hessian_operator(
     value_and_grad = _value_and_grad_jit if jit else _value_and_grad
     value, grad = value_and_grad(loss, params, batches, product.positions, product.block_tree)
     linear = jax.tree_util.Partial(product, params, batches)
-    return HessianOperator(value, grad, None, linear, _MODE_NAMES[compose], type(grad) is tuple)
+    return HessianOperator(value, grad, None, linear, MODE_NAMES[compose], type(grad) is tuple)
 
 
 def _value_and_grad(
