@@ -73,10 +73,7 @@ def _measure(key: Any, run: Callable) -> Callable:
 
 
 def _signature(entry: str, options: tuple, func: Callable, args: Any) -> Any:
-    try:
-        skeleton, fn_leaves, _, _ = _closure.split(func)
-    except _closure.TooComplex:
-        skeleton, fn_leaves = ("id", id(func)), []
+    skeleton, fn_leaves, _, _ = _closure.split(func)
     leaves, treedef = jax.tree_util.tree_flatten(args)
     return entry, options, treedef, skeleton, _avals([*leaves, *fn_leaves])
 

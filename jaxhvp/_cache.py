@@ -164,6 +164,7 @@ def cache_clear(maxsize: int | None = None) -> None:
         msg = f"maxsize must be a positive int, but got {maxsize!r}."
         raise ValueError(msg)
     _CACHE.clear(maxsize)
+    _closure.forget()
 
 
 def call(impl: Callable, options: tuple, func: Callable, args: tuple) -> Any:
@@ -176,10 +177,7 @@ def call(impl: Callable, options: tuple, func: Callable, args: tuple) -> Any:
     arg_leaves, treedef = _tree_flatten(args)
     if not _leaves_are_eager(arg_leaves):
         return impl(func, *args, *options)
-    try:
-        skeleton, fn_leaves, templates, pinned = _closure.split(func)
-    except _closure.TooComplex:
-        skeleton, fn_leaves, templates, pinned = ("id", id(func)), [], [func], [func]
+    skeleton, fn_leaves, templates, pinned = _closure.split(func)
     key = (impl, options, treedef, skeleton)
     kernel = _CACHE.lookup(key)
     if kernel is None:
