@@ -1,24 +1,26 @@
 """``mode="auto"``: time each AD composition once per signature, then keep the fastest.
 
-The choice is keyed by the entry point, its options, the function's skeleton and the
-arguments' structure, shapes and dtypes. It is made by eager calls (the first call with a new
-signature runs every composition a few times) and remembered, so it is deterministic
-afterwards and also used by calls under the user's ``jax.jit`` with the same signature. A
-traced call with no eager choice to follow uses ``"fwd-rev"``.
+``Fastest`` is a static option of the kernel cache (``_cache.PerSignature``), decided when a
+kernel is traced for a new signature: the call's entry point, options and function skeleton,
+and the shapes and dtypes of its arrays. The first eager call with that signature runs every
+composition a few times on its own arguments; the choice is remembered, so it is
+deterministic afterwards and costs nothing per call (``jax.jit`` dispatches to the kernel
+traced with it). Calls under the user's ``jax.jit`` (or with ``jit=False``) reuse an eager
+choice for the same signature, or use ``"fwd-rev"``.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import jax
-import numpy as np
 
-from . import _cache, _closure
+from . import _cache
 from ._modes import MODES, fwd_rev
 
 REPEATS = 5
@@ -26,57 +28,49 @@ MARGIN = 0.1
 MAXSIZE = 1024
 
 _lock = threading.Lock()
-_choices: collections.OrderedDict = collections.OrderedDict()
-_recent: dict = {}  # (entry, options, id(func), structure, shapes) -> (func, composition)
+_choices: collections.OrderedDict = collections.OrderedDict()  # signature -> composition
 
 
-def choose(entry: str, options: tuple, func: Callable, args: Any, run: Callable) -> Callable:
-    """The composition for this call; ``run(compose)`` evaluates the call with one of them."""
-    leaves, treedef = jax.tree_util.tree_flatten(args)
-    recent_key = (entry, options, id(func), treedef, _avals(leaves))
-    recent = _recent.get(recent_key)
-    if recent is not None and recent[0] is func:  # the same function again: no walk needed
-        return recent[1]
-    key = _signature(entry, options, func, args)
-    with _lock:
-        chosen = _choices.get(key)
-    if chosen is None and _cache.is_eager(args):
-        chosen = _measure(key, run)
-    if chosen is None:
-        return fwd_rev
-    if len(_recent) >= MAXSIZE:
-        _recent.clear()
-    _recent[recent_key] = (func, chosen)  # holds func: its id stays its own while here
-    return chosen
+class Fastest(_cache.PerSignature):
+    """The fastest composition for each signature.
+
+    Args:
+      timed: what to time, given a call's result (the result itself for a product; a product
+        of the operator for ``hessian_operator``).
+    """
+
+    def __init__(self, timed: Callable[[Any], Any]) -> None:
+        self.timed = timed
+
+    def decide(self, signature: Hashable, eager: bool) -> Callable:
+        with _lock:
+            chosen = _choices.get(signature)
+        if chosen is not None:
+            return chosen
+        if not eager:
+            return fwd_rev
+        raise _cache.Undecided(self, functools.partial(self._measure, signature))
+
+    def _measure(self, signature: Hashable, run: Callable[[Callable], Any]) -> None:
+        """Times each composition (best of ``REPEATS`` after a warm-up) and keeps the fastest;
+        the default ``fwd-rev`` unless another is faster by more than ``MARGIN``, so that
+        timing noise cannot trade it for an equal or slower mode."""
+        timings = {}
+        for compose in MODES.values():
+            jax.block_until_ready(self.timed(run(compose)))  # compile and warm up
+            samples = []
+            for _ in range(REPEATS):
+                start = time.perf_counter()
+                jax.block_until_ready(self.timed(run(compose)))
+                samples.append(time.perf_counter() - start)
+            timings[compose] = min(samples)
+        fastest = min(timings, key=timings.get)
+        chosen = fastest if timings[fastest] < (1 - MARGIN) * timings[fwd_rev] else fwd_rev
+        with _lock:
+            _choices.setdefault(signature, chosen)  # a concurrent first choice wins
+            while len(_choices) > MAXSIZE:
+                _choices.popitem(last=False)
 
 
-def _measure(key: Any, run: Callable) -> Callable:
-    """Times each composition (best of ``REPEATS`` after a warm-up) and keeps the fastest;
-    the default ``fwd-rev`` unless another is faster by more than ``MARGIN``, so that timing
-    noise cannot trade it for an equal or slower mode."""
-    timings = {}
-    for compose in MODES.values():
-        jax.block_until_ready(run(compose))  # compile and warm up
-        samples = []
-        for _ in range(REPEATS):
-            start = time.perf_counter()
-            jax.block_until_ready(run(compose))
-            samples.append(time.perf_counter() - start)
-        timings[compose] = min(samples)
-    fastest = min(timings, key=timings.get)
-    chosen = fastest if timings[fastest] < (1 - MARGIN) * timings[fwd_rev] else fwd_rev
-    with _lock:
-        chosen = _choices.setdefault(key, chosen)  # a concurrent first choice wins
-        while len(_choices) > MAXSIZE:
-            _choices.popitem(last=False)
-    return chosen
-
-
-def _signature(entry: str, options: tuple, func: Callable, args: Any) -> Any:
-    skeleton, fn_leaves, _, _ = _closure.split(func)
-    leaves, treedef = jax.tree_util.tree_flatten(args)
-    return entry, options, treedef, skeleton, _avals([*leaves, *fn_leaves])
-
-
-def _avals(leaves: list) -> tuple:
-    return tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves)
+PRODUCT = Fastest(timed=lambda result: result)
+OPERATOR = Fastest(timed=lambda op: op.mv(op.grad))

@@ -1,9 +1,9 @@
 """The compiled-kernel cache behind eager calls: the one piece of global state in jaxhvp.
 
-An eager call is keyed by what decides its traced program: the entry point and its options,
-the pytree structure of the arguments, and the function's skeleton (``_closure.split``).
-Each key owns one ``jax.jit`` kernel taking the argument leaves and the function's array
-leaves; ``jax.jit`` then dispatches on shapes and dtypes, compiling once per signature.
+An eager call is keyed by what decides its traced program: the entry point, its options and
+the function's skeleton (``_closure.split``). Each key owns one ``jax.jit`` kernel taking
+the arguments and the function's array leaves; ``jax.jit`` then dispatches on the arguments'
+structure, shapes and dtypes, compiling once per signature.
 Under an outer trace (the user's ``jit``, ``vmap``, ``grad``) nothing is cached: the caller
 just traces.
 """
@@ -15,7 +15,7 @@ import functools
 import itertools
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, NamedTuple
 
 import jax
@@ -102,6 +102,12 @@ class _KernelCache:
             _warn_recompiles(source, repeated)
         return entry.kernel
 
+    def replace(self, key: Any, kernel: Callable) -> None:
+        with self._lock:
+            entry = self.entries.get(key)
+            if entry is not None:
+                entry.kernel = kernel
+
     def _evict(self) -> None:
         while len(self.entries) > self.maxsize:
             oldest = next(iter(self.entries))
@@ -134,7 +140,6 @@ _CACHE = _KernelCache(DEFAULT_MAXSIZE)
 _current = threading.local()  # templates of the call in flight on this thread
 _ARRAYS = _closure._ARRAY_TYPES
 _CONCRETE_ARRAY_TYPES = frozenset({type(jax.numpy.zeros(())), np.ndarray})  # a fast first test
-_tree_flatten = jax.tree_util.tree_flatten
 
 
 def cache_info() -> CacheInfo:
@@ -167,25 +172,60 @@ def cache_clear(maxsize: int | None = None) -> None:
     _closure.forget()
 
 
-def call(impl: Callable, options: tuple, func: Callable, args: tuple) -> Any:
+class PerSignature:
+    """A static option decided once per signature of a call, when its kernel is traced.
+
+    The signature is the call's key and the shapes and dtypes of its arrays. ``decide``
+    returns the option's value for it; while tracing an eager call it may instead raise
+    :class:`Undecided` to make the decision on the call's concrete values first.
+    """
+
+    def decide(self, signature: Hashable, eager: bool) -> Any:
+        raise NotImplementedError
+
+
+class Undecided(Exception):
+    """Raised while tracing by ``PerSignature.decide``: ``choose(run)`` decides, where
+    ``run(value)`` evaluates the call eagerly with ``value`` in place of ``option``; the
+    call is then retried."""
+
+    def __init__(self, option: PerSignature, choose: Callable[[Callable], None]) -> None:
+        super().__init__(option)
+        self.option, self.choose = option, choose
+
+
+def call(impl: Callable, options: tuple, func: Callable, args: tuple, jit: bool = True) -> Any:
     """``impl(func, *args, *options)``, through a cached jit-compiled kernel when eager.
 
     ``impl`` must be traceable and ``options`` a hashable tuple of its static arguments.
-    Under an outer trace, or when some argument leaf is not an array (``impl`` then raises
-    the proper error), ``impl`` is simply called. This is the hot path of every eager call.
+    Under an outer trace, with ``jit=False``, or when some argument leaf is not an array
+    (``impl`` then raises the proper error), ``impl`` is simply called. This is the hot path
+    of every eager call.
     """
-    arg_leaves, treedef = _tree_flatten(args)
-    if not _leaves_are_eager(arg_leaves):
+    if not (jit and is_eager(args)):
+        if _deferred(options):
+            skeleton, fn_leaves, _, _ = _closure.split(func)
+            leaves = [*jax.tree_util.tree_leaves(args), *fn_leaves]
+            options = _decide((impl, options, skeleton), leaves, eager=False)
         return impl(func, *args, *options)
     skeleton, fn_leaves, templates, pinned = _closure.split(func)
-    key = (impl, options, treedef, skeleton)
+    key = (impl, options, skeleton)
     kernel = _CACHE.lookup(key)
     if kernel is None:
-        build = functools.partial(_build, impl, options, treedef, skeleton, len(arg_leaves))
-        kernel = _CACHE.insert(key, build, pinned, _source(func))
+        kernel = _CACHE.insert(key, functools.partial(_build, key), pinned, _source(func))
     _current.templates = templates
     try:
-        return kernel(*arg_leaves, *fn_leaves)
+        return kernel(args, fn_leaves)
+    except Undecided as undecided:
+        option = undecided.option
+
+        def run(value: Any) -> Any:
+            return call(impl, tuple(value if o is option else o for o in options), func, args)
+
+        undecided.choose(run)
+        # A jax.jit whose trace raised never takes its fast C++ path again: start afresh.
+        _CACHE.replace(key, _build(key))
+        return call(impl, options, func, args)
     except (HVPError, TypeError) as error:
         # Raised while tracing: drop the note jax.jit adds about its own frames, so the
         # error reads as it does eagerly.
@@ -196,27 +236,40 @@ def call(impl: Callable, options: tuple, func: Callable, args: tuple) -> Any:
         _current.templates = None
 
 
-def is_eager(args: Any) -> bool:
+def is_eager(args: tuple) -> bool:
     """Whether a call with these arguments runs at top level on concrete arrays."""
-    return _leaves_are_eager(jax.tree_util.tree_leaves(args))
-
-
-def _leaves_are_eager(leaves: list) -> bool:
-    if not (leaves and _at_top_level()):
+    if not _at_top_level():
         return False
-    for x in leaves:
-        if type(x) not in _CONCRETE_ARRAY_TYPES and not isinstance(x, _ARRAYS):
-            return False
-    return True
+    for arg in args:
+        if type(arg) not in _CONCRETE_ARRAY_TYPES:
+            leaves = jax.tree_util.tree_leaves(args)
+            return bool(leaves) and all(isinstance(x, _ARRAYS) for x in leaves)
+    return bool(args)
 
 
-def _build(impl: Callable, options: tuple, treedef: Any, skeleton: Any, num_args: int):
-    def kernel(*leaves: jax.Array) -> Any:
+def _build(key: tuple) -> Callable:
+    impl, _, skeleton = key
+
+    def kernel(args: tuple, fn_leaves: list) -> Any:
+        func = _closure.rebuild(skeleton, fn_leaves, _current.templates)
+        options = key[1]
+        if _deferred(options):
+            options = _decide(key, [*jax.tree_util.tree_leaves(args), *fn_leaves], eager=True)
         _CACHE.count_compilation()
-        func = _closure.rebuild(skeleton, leaves[num_args:], _current.templates)
-        return impl(func, *treedef.unflatten(leaves[:num_args]), *options)
+        return impl(func, *args, *options)
 
     return jax.jit(kernel)
+
+
+def _deferred(options: tuple) -> bool:
+    return any(isinstance(option, PerSignature) for option in options)
+
+
+def _decide(key: tuple, leaves: list, eager: bool) -> tuple:
+    """The call's options, with each ``PerSignature`` option decided."""
+    options = key[1]
+    signature = (key, tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves))
+    return tuple(o.decide(signature, eager) if isinstance(o, PerSignature) else o for o in options)
 
 
 def _source(func: Callable) -> Any:

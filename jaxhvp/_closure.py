@@ -31,7 +31,7 @@ import copy
 import functools
 import types
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import numpy as np
@@ -74,13 +74,7 @@ class Skeleton:
         )
 
 
-class _Guarded(NamedTuple):
-    guard: Callable  # func -> (leaves, templates) if func splits as recorded, else None
-    skeleton: Skeleton
-    pinned: list
-
-
-_guarded: dict[Any, list[_Guarded]] = {}  # memo key -> the latest few splits, newest first
+_guarded: dict[Any, list[Callable]] = {}  # memo key -> guards of the latest splits, newest first
 
 
 def split(func: Callable) -> tuple[Skeleton, list, list, list]:
@@ -91,22 +85,22 @@ def split(func: Callable) -> tuple[Skeleton, list, list, list]:
     anything else is walked. A graph of more than ``_MAX_NODES`` values is taken by identity.
     """
     key = _memo_key(func)
-    for known in _guarded.get(key, ()):
+    for guard in _guarded.get(key, ()):
         try:
-            found = known.guard(func)
+            found = guard(func)
         except Exception:  # e.g. a cell emptied since: the walk decides
-            found = None
+            continue
         if found is not None:
-            return known.skeleton, found[0], found[1], known.pinned
+            return found
     walker = _Walker()
     try:
         skeleton = Skeleton(walker.walk(func, walker.source.argument))
     except TooComplex:
         return Skeleton(("id", id(func))), [], [func], [func]
-    guarded = _Guarded(walker.compile_guard(), skeleton, walker.pinned)
+    guard = walker.compile_guard(skeleton)
     if len(_guarded) >= _MAX_MEMO:
         _guarded.clear()
-    _guarded[key] = [guarded, *_guarded.get(key, ())][:_GUARDS_PER_KEY]
+    _guarded[key] = [guard, *_guarded.get(key, ())][:_GUARDS_PER_KEY]
     return skeleton, walker.leaves, walker.templates, walker.pinned
 
 
@@ -196,8 +190,12 @@ class _Walker:
         self.nodes = 0
         self.active: set[int] = set()  # ids on the current path, to break cycles
 
-    def compile_guard(self) -> Callable:
-        return self.source.compile(self.leaf_exprs, self.template_exprs)
+    def compile_guard(self, skeleton: Skeleton) -> Callable:
+        """``func -> split(func)`` for functions that split as this one did, else ``None``."""
+        source = self.source
+        leaves, templates = ", ".join(self.leaf_exprs), ", ".join(self.template_exprs)
+        fixed = f"{source.constant(skeleton)}, [{leaves}], [{templates}]"
+        return source.compile(f"{fixed}, {source.constant(self.pinned)}")
 
     def walk(self, value: Any, at: str) -> Any:
         """The skeleton of ``value``, which the guard holds in its variable ``at``."""

@@ -1,8 +1,8 @@
 """Guards: straight-line Python, written while a function is walked, that re-checks the walk.
 
-A guard takes a function and returns ``(leaves, templates)`` when everything the walk read
-is as it was (same code, same globals, the same Python values, containers of the same shape,
-arrays where there were arrays), or ``None`` for "walk again". It holds no arrays: an array
+A guard takes a function and returns its split (``_closure.split``) when everything the walk
+read is as it was (same code, same globals, the same Python values, containers of the same
+shape, arrays where there were arrays), or ``None`` for "walk again". It holds no arrays: an array
 is only checked to be one, and read afresh on every call.
 """
 
@@ -42,10 +42,9 @@ class Source:
         if conditions:
             self.lines.append(f"if not ({' and '.join(conditions)}): return None")
 
-    def compile(self, leaves: list[str], templates: list[str]) -> Callable:
-        """The guard, returning the values of these ``leaves`` and ``templates`` expressions."""
-        result = f"return [{', '.join(leaves)}], [{', '.join(templates)}]"
-        body = "".join(f"\n    {line}" for line in [*self.lines, result])
+    def compile(self, result: str) -> Callable:
+        """The guard: ``None`` unless every requirement holds, else ``result``."""
+        body = "".join(f"\n    {line}" for line in [*self.lines, f"return {result}"])
         text = f"def guard({self.argument}):{body}\n"
         exec(compile(text, "<jaxhvp guard>", "exec"), self.namespace)
         return self.namespace.pop("guard")

@@ -93,9 +93,7 @@ def hessian(
         raise HVPError(msg)
 
     options = (bool(create_graph), bool(strict), forward, bool(vectorize))
-    if jit:
-        return _cache.call(_hessian, options, func, (inputs,))
-    return _hessian(func, inputs, *options)
+    return _cache.call(_hessian, options, func, (inputs,), jit=jit)
 
 
 def _hessian(

@@ -217,16 +217,8 @@ def hessian_operator(
     check_callable(func, _NAME)
     compose = resolve_mode(mode, _NAME)
     if compose == AUTO:
-
-        def run(compose: Callable) -> Any:
-            op = _cache.call(_linearize, (compose, bool(has_aux)), func, (inputs,))
-            return op.mv(op.grad)
-
-        compose = _auto.choose(_NAME, (AUTO, bool(has_aux)), func, (inputs,), run)
-    options = (compose, bool(has_aux))
-    if jit:
-        return _cache.call(_linearize, options, func, (inputs,))
-    return _linearize(func, inputs, *options)
+        compose = _auto.OPERATOR
+    return _cache.call(_linearize, (compose, bool(has_aux)), func, (inputs,), jit=jit)
 
 
 def _linearize(func: Callable, inputs: Any, compose: Callable, has_aux: bool) -> HessianOperator:

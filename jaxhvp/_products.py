@@ -10,7 +10,7 @@ from jax import lax
 
 from . import _auto, _cache, _strict
 from ._inputs import as_inputs, as_tangents
-from ._modes import AUTO, MODES, check_callable, resolve_mode, scalar_fn
+from ._modes import MODES, check_callable, resolve_mode, scalar_fn
 
 
 def detach(tree: Any, create_graph: bool) -> Any:
@@ -31,19 +31,25 @@ def product(
 ) -> Any:
     """Validates the options of a product and evaluates it, eagerly through the cache."""
     check_callable(func, fn_name)
+    try:
+        options = _options[fn_name, mode, create_graph, strict, has_aux]
+    except (KeyError, TypeError):  # new, or unhashable (then invalid: resolve_mode raises)
+        options = _static_options(fn_name, mode, create_graph, strict, has_aux)
+    return _cache.call(_product, options, func, (inputs, v), jit)
+
+
+_options: dict[tuple, tuple] = {}  # the arguments of product -> _product's static options
+
+
+def _static_options(fn_name: str, mode: Any, *flags: Any) -> tuple:
     compose = MODES.get(mode) if isinstance(mode, str) else None
-    compose = compose or resolve_mode(mode, fn_name)
-    flags = (fn_name, bool(create_graph), bool(strict), bool(has_aux))
-    if compose == AUTO:
-
-        def run(compose: Callable) -> Any:
-            return _cache.call(_product, (compose, *flags), func, (inputs, v))
-
-        compose = _auto.choose(fn_name, (AUTO, *flags), func, (inputs, v), run)
-    options = (compose, *flags)
-    if jit:
-        return _cache.call(_product, options, func, (inputs, v))
-    return _product(func, inputs, v, *options)
+    if compose is None:
+        resolve_mode(mode, fn_name)  # raises unless "auto"
+        compose = _auto.PRODUCT
+    options = (compose, fn_name, *map(bool, flags))
+    if len(_options) < 64 and all(type(f) is bool for f in flags):
+        _options[(fn_name, mode, *flags)] = options
+    return options
 
 
 def _product(

@@ -36,7 +36,7 @@ def assert_split_is_a_fresh_walk(func):
 def guarded(func):
     """Whether a recorded guard accepts ``func`` (no walk needed)."""
     recorded = _closure._guarded.get(_closure._memo_key(func), ())
-    return any(g.guard(func) is not None for g in recorded)
+    return any(guard(func) is not None for guard in recorded)
 
 
 class Holder:

@@ -10,7 +10,7 @@ from conftest import assert_trees_close
 from jax import lax
 
 import jaxhvp
-from jaxhvp import HVPError
+from jaxhvp import HVPError, _auto
 
 MODES = ["fwd-rev", "rev-rev", "rev-fwd"]
 
@@ -88,6 +88,41 @@ def test_auto_mode_is_deterministic_and_reused_under_jit():
     assert (after.misses, after.compilations) == (info.misses, info.compilations)
     traced = jax.jit(lambda p, v: jaxhvp.hvp(loss, p, v, mode="auto")[1])(params, v)
     assert_trees_close(traced, first)
+
+
+@pytest.fixture
+def measurements(monkeypatch):
+    """The signatures ``mode="auto"`` measures, in order."""
+    seen = []
+    measure = _auto.Fastest._measure
+
+    def counted(self, signature, run):
+        seen.append(signature)
+        return measure(self, signature, run)
+
+    monkeypatch.setattr(_auto.Fastest, "_measure", counted)
+    monkeypatch.setattr(_auto, "_choices", type(_auto._choices)())  # none made yet
+    jaxhvp.cache_clear()  # nor kernels traced with one
+    return seen
+
+
+@pytest.mark.parametrize("entry", ["hvp", "hessian_operator"])
+def test_auto_measures_once_per_signature(entry, measurements):
+    def product(params, v, **kwargs):
+        if entry == "hvp":
+            return jaxhvp.hvp(loss, params, v, mode="auto", **kwargs)[1]
+        return jaxhvp.hessian_operator(loss, params, mode="auto", **kwargs).mv(v)
+
+    params, v = _point()
+    expected = reference_product(params, v)
+    for _ in range(3):
+        assert_trees_close(product(params, v), expected)
+    assert len(measurements) == 1
+    assert_trees_close(product(params, v, jit=False), expected)  # follows the choice made
+    assert len(measurements) == 1
+    wider = {"w": jnp.ones((3, 5)), "b": jnp.ones(5)}
+    product(wider, wider)  # a new signature: measured too
+    assert len(measurements) == 2
 
 
 # --- has_aux ----------------------------------------------------------------------------------
