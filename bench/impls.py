@@ -58,7 +58,7 @@ Factory = Callable[[Case], Callable[[], Any]]
 class Impl:
     name: str
     factory: Factory
-    kind: str = "hvp"  # "grad" (the unit), "hvp", "overhead" or "batched"
+    kind: str = "hvp"  # "grad" (the unit), "hvp", "overhead", "plain" or "batched"
     quick: bool = True  # part of --quick
     isolate: bool = False  # always in its own time-boxed process (torch.compile)
 
@@ -69,6 +69,8 @@ class Impl:
     def applies(self, problem: problems.Problem) -> bool:
         if self.kind == "overhead":
             return problem.overhead
+        if self.kind == "plain":
+            return problem.overhead and problem.plain_jax_loss is not None
         if self.kind == "batched":
             return problem.batched
         return True
@@ -100,6 +102,16 @@ def _jax_fwd_rev(loss: Callable) -> Callable:
     return hvp
 
 
+def _jax_value_fwd_rev(loss: Callable) -> Callable:
+    """The same, also returning the loss: what jaxhvp.hvp returns (and torch's hvp)."""
+
+    def hvp(p: Any, d: dict, v: Any) -> Any:
+        f = lambda q: loss(q, d)  # noqa: E731
+        return f(p), jax.jvp(jax.grad(f), (p,), (v,))[1]
+
+    return hvp
+
+
 def _jax_rev_rev(loss: Callable) -> Callable:
     def vhp(p: Any, d: dict, v: Any) -> Any:
         return jax.vjp(jax.grad(lambda q: loss(q, d)), p)[1](v)[0]
@@ -118,6 +130,19 @@ def jax_jit(compose: Callable) -> Factory:
         return lambda: f(j.params, j.data, j.v)
 
     return factory
+
+
+def jax_value_and_hvp(c: Case) -> Callable:
+    f, j = jax.jit(_jax_value_fwd_rev(c.jax.loss)), c.jax
+    return lambda: f(j.params, j.data, j.v)[1]
+
+
+def jax_plain(c: Case) -> Callable:
+    """The issue's hand-written jit: ``jax.jit(lambda x, v: jax.jvp(jax.grad(f), (x,), (v,)))``
+    of a top-level ``f``."""
+    f, j = c.problem.plain_jax_loss, c.jax
+    hvp = jax.jit(lambda x, v: jax.jvp(jax.grad(f), (x,), (v,)))
+    return lambda: hvp(j.params, j.v)[1]
 
 
 def jax_fresh_data(c: Case) -> Callable:
@@ -158,6 +183,27 @@ def jaxhvp_jit(c: Case) -> Callable:
     f = jax.jit(lambda p, d, v: jaxhvp.hvp(lambda q: loss(q, d), p, v)[1])
     j = c.jax
     return lambda: f(j.params, j.data, j.v)
+
+
+def jaxhvp_plain(c: Case) -> Callable:
+    f, j = c.problem.plain_jax_loss, c.jax
+    return lambda: jaxhvp.hvp(f, j.params, j.v)[1]
+
+
+def jaxhvp_fresh_data(c: Case) -> Callable:
+    """The same function on every call, reading a new batch (a fresh device array) from a
+    dict: the same-function counterpart of the fresh-closure row."""
+    loss, fresh_data, params, v = c.jax.loss, c.jax.fresh_data, c.jax.params, c.jax.v
+    current = {}
+
+    def func(p: Any) -> Any:
+        return loss(p, current["batch"])
+
+    def call() -> Any:
+        current["batch"] = fresh_data()
+        return jaxhvp.hvp(func, params, v)[1]
+
+    return call
 
 
 def jaxhvp_fresh_closure(c: Case) -> Callable:
@@ -370,6 +416,7 @@ def registry() -> list[Impl]:
         # one vector per call
         *jaxhvp_single,
         Impl("jax.jit(jvp(grad))", jax_jit(_jax_fwd_rev)),
+        Impl("jax.jit(value+jvp(grad))", jax_value_and_hvp),
         Impl("jax.jit(vjp(grad))", jax_jit(_jax_rev_rev)),
         Impl("torch.autograd.functional.hvp", torch_functional(taf.hvp)),
         Impl("torch.autograd.functional.vhp", torch_functional(taf.vhp)),
@@ -377,7 +424,10 @@ def registry() -> list[Impl]:
         Impl("torch.compile(func.jvp(grad))", torch_compiled, quick=False, isolate=True),
         Impl("torch.double-backward", torch_double_backward),
         # per-call overhead: a new closure over new data on every call
+        Impl("jaxhvp.hvp[top-level f]", jaxhvp_plain, kind="plain"),
+        Impl("jax.jit(jvp(grad))[top-level f]", jax_plain, kind="plain"),
         Impl("jaxhvp.hvp[fresh-closure]", jaxhvp_fresh_closure, kind="overhead"),
+        Impl("jaxhvp.hvp[fresh-data]", jaxhvp_fresh_data, kind="overhead"),
         Impl("jax.jit(jvp(grad))[fresh-data]", jax_fresh_data, kind="overhead"),
         Impl("torch.autograd.functional.hvp[fresh-closure]", torch_fresh_closure, kind="overhead"),
         # k vectors per call

@@ -39,6 +39,9 @@ class Problem:
     torch_loss: Callable[[dict, dict], Any]
     analytic_hvp: Callable[[dict, dict, dict], dict] | None = None  # float64, leading k axis
     overhead: bool = False  # also gets the per-call overhead and fresh-closure rows
+    # The loss as a top-level function of the bare parameter array, closing over nothing:
+    # the "hand-written jit of f" comparison of the overhead rows (where the loss has one).
+    plain_jax_loss: Callable[[Any], Any] | None = None
     batched: bool = False  # also gets the k-vector rows
 
     @property
@@ -153,6 +156,11 @@ def rosenbrock(p: dict, d: dict) -> Any:
     """Works unchanged on jax arrays and torch tensors."""
     x = p["x"]
     return (100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (d["a"] - x[:-1]) ** 2).sum()
+
+
+def rosenbrock_plain(x: Any) -> Any:
+    """Rosenbrock as a top-level function of x (the problems' data ``a`` are ones)."""
+    return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
 
 
 def rosenbrock_hvp(p: dict, d: dict, vs: dict) -> dict:
@@ -300,6 +308,7 @@ def _rosenbrock(n: int, overhead: bool) -> Callable[[bool], Problem]:
             torch_loss=rosenbrock,
             analytic_hvp=rosenbrock_hvp,
             overhead=overhead,
+            plain_jax_loss=rosenbrock_plain,
         )
 
     return build

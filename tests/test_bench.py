@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from bench import problems
+from bench import problems, report
 from bench.__main__ import selected
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +74,9 @@ def test_quick_suite_outputs_and_correctness(tmp_path):
         "jaxhvp.hvp",
         "jaxhvp.vhp",
         "jax.jit(jvp(grad))",
+        "jax.jit(value+jvp(grad))",
+        "jaxhvp.hvp[top-level f]",
+        "jax.jit(jvp(grad))[top-level f]",
         "torch.autograd.functional.hvp",
         "torch.double-backward",
     ]
@@ -85,6 +88,31 @@ def test_quick_suite_outputs_and_correctness(tmp_path):
     for row in rows:
         assert math.isnan(float(row["peak_mem_mb"]))  # in-process rows: NaN, not a guess
         assert float(row["per_grad"]) > 0
+
+
+def test_overhead_summary_divides_each_row_by_its_hand_written_jit():
+    def row(impl, seconds):
+        return {
+            "problem": "p",
+            "impl": impl,
+            "median_s": seconds,
+            "status": "ok",
+            "kind": "overhead",
+        }
+
+    rows = [
+        row("jaxhvp.hvp[top-level f]", 3.0),
+        row("jax.jit(jvp(grad))[top-level f]", 2.0),
+        row("jaxhvp.hvp", 5.0),
+        row("jax.jit(jvp(grad))", 4.0),
+        row("torch.autograd.functional.hvp", 50.0),
+    ]
+    summary = report.overhead_summary(rows)
+    assert summary.startswith("p, per call: jaxhvp.hvp[top-level f] / ")
+    assert "jax.jit(jvp(grad))[top-level f] = 1.50x" in summary
+    assert "jaxhvp.hvp / jax.jit(jvp(grad)) = 1.25x" in summary
+    assert "torch.autograd.functional.hvp / jaxhvp.hvp = 10.00x" in summary
+    assert "fresh" not in summary  # rows that did not run are left out
 
 
 def test_fresh_process_rows_measure_memory(tmp_path):
