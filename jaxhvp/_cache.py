@@ -25,9 +25,15 @@ from . import _closure
 from ._errors import HVPError
 
 try:  # JAX has no public "am I being traced?"; without it every call traces (still correct).
-    from jax._src.core import trace_ctx as _trace_ctx
+    from jax._src import core as _core
 
-    _at_top_level = _trace_ctx.is_top_level
+    _TRACE, _AXIS_ENV = _core.trace_state_strong_ref, _core.axis_env_state
+    _EVAL_TRACE, _TOP_AXIS_ENV = _core.eval_trace, _core.top_axis_env
+
+    def _at_top_level() -> bool:
+        """``jax._src.core.trace_ctx.is_top_level()``, read directly: it is on the hot path."""
+        return _TRACE.value is _EVAL_TRACE and _AXIS_ENV.value is _TOP_AXIS_ENV
+
 except (ImportError, AttributeError):  # pragma: no cover
 
     def _at_top_level() -> bool:
@@ -64,32 +70,25 @@ class _Entry:
 class _KernelCache:
     """A bounded map from call keys to jit-compiled kernels, with counters; thread-safe.
 
-    Lookups take no lock: a dict read is atomic, and a hit only sets its entry's reference
-    bit and ticks an atomic counter. Inserts and evictions take the lock. Eviction is CLOCK
-    (second chance): an approximation of least-recently-used that costs nothing on hits.
+    Lookups take no lock (``call`` reads ``entries`` directly): a dict read is atomic, and a
+    hit only sets its entry's reference bit and ticks ``hits``, an atomic counter. Inserts
+    and evictions take the lock. Eviction is CLOCK (second chance): an approximation of
+    least-recently-used that costs nothing on hits.
     """
 
     def __init__(self, maxsize: int) -> None:
         self._lock = threading.Lock()
         self.entries: dict[Any, _Entry] = {}  # in insertion order: the clock's hand is the front
         self._misses_by_source: collections.Counter = collections.Counter()
-        self._hits = itertools.count()
+        self.hits = itertools.count()
         self.maxsize = maxsize
         self.misses = self.compilations = 0
-
-    def lookup(self, key: Any) -> Callable | None:
-        entry = self.entries.get(key)
-        if entry is None:
-            return None
-        entry.referenced = True
-        next(self._hits)
-        return entry.kernel
 
     def insert(self, key: Any, build: Callable[[], Callable], pinned: list, source: Any):
         with self._lock:
             entry = self.entries.get(key)
             if entry is not None:  # another thread built it meanwhile
-                next(self._hits)
+                next(self.hits)
                 return entry.kernel
             self.misses += 1
             if len(self._misses_by_source) >= 4 * self.maxsize:  # bound the bookkeeping too
@@ -122,14 +121,14 @@ class _KernelCache:
 
     def info(self) -> CacheInfo:
         with self._lock:
-            hits = int(repr(self._hits)[len("count(") : -1])  # read without advancing
+            hits = int(repr(self.hits)[len("count(") : -1])  # read without advancing
             return CacheInfo(hits, self.misses, self.compilations, len(self.entries), self.maxsize)
 
     def clear(self, maxsize: int | None) -> None:
         with self._lock:
             self.entries.clear()
             self._misses_by_source.clear()
-            self._hits = itertools.count()
+            self.hits = itertools.count()
             self.misses = self.compilations = 0
             if maxsize is not None:
                 self.maxsize = maxsize
@@ -210,8 +209,12 @@ def call(impl: Callable, options: tuple, func: Callable, args: tuple, jit: bool 
         return impl(func, *args, *options)
     skeleton, fn_leaves, templates, pinned = _closure.split(func)
     key = (impl, options, skeleton)
-    kernel = _CACHE.lookup(key)
-    if kernel is None:
+    entry = _CACHE.entries.get(key)
+    if entry is not None:  # a hit, lock-free: see _KernelCache
+        entry.referenced = True
+        next(_CACHE.hits)
+        kernel = entry.kernel
+    else:
         kernel = _CACHE.insert(key, functools.partial(_build, key), pinned, _source(func))
     _current.templates = templates
     try:

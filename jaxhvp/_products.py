@@ -30,7 +30,8 @@ def product(
     jit: bool,
 ) -> Any:
     """Validates the options of a product and evaluates it, eagerly through the cache."""
-    check_callable(func, fn_name)
+    if not callable(func):
+        check_callable(func, fn_name)  # raises
     try:
         options = _options[fn_name, mode, create_graph, strict, has_aux]
     except (KeyError, TypeError):  # new, or unhashable (then invalid: resolve_mode raises)

@@ -217,6 +217,15 @@ def test_outer_traces_bypass_the_cache():
     jax.jit(lambda x: jaxhvp.hvp(cube, x, v))(x)
     jax.vmap(lambda v: jaxhvp.hvp(cube, x, v)[1])(jnp.eye(3))
     jax.grad(lambda x: jaxhvp.hvp(cube, x, v, create_graph=True)[1].sum())(x)
+    # Concrete arguments, but a function of the outer trace's values: still just traced.
+    w = x + 1.0
+
+    def product_with(w):
+        return jaxhvp.hvp(lambda y: weighted_cube(y, w), x, v, create_graph=True)[1]
+
+    assert_trees_close(jax.jit(product_with)(w), expected_weighted(x, w, v))
+    assert_trees_close(jax.vmap(product_with)(jnp.stack([w, w]))[1], expected_weighted(x, w, v))
+    assert_trees_close(jax.grad(lambda w: product_with(w).sum())(w), 6 * x * v)
     assert counts() == (0, 0, 0)
 
 
