@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from bench import problems, report
+from bench import modes, problems, report
 from bench.__main__ import selected
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,6 +113,17 @@ def test_overhead_summary_divides_each_row_by_its_hand_written_jit():
     assert "jaxhvp.hvp / jax.jit(jvp(grad)) = 1.25x" in summary
     assert "torch.autograd.functional.hvp / jaxhvp.hvp = 10.00x" in summary
     assert "fresh" not in summary  # rows that did not run are left out
+
+
+def test_auto_is_compared_with_each_mode_in_one_process():
+    row = modes.compare(problems.build("rosenbrock10", quick=True), target_s=0.0, min_rounds=2)
+    assert row["rounds"] == 2
+    assert row["best_mode"] in modes.MODES
+    times = [row[f"{m}_s"] for m in (*modes.MODES, modes.AUTO)]
+    assert all(t > 0 for t in times)
+    assert row["auto_over_best"] == row["auto_s"] / min(times[:3])
+    table = modes.markdown([row]).splitlines()
+    assert table[2].startswith(f"| rosenbrock10 | {row['fwd-rev_s'] * 1e3:.4g} |")
 
 
 def test_fresh_process_rows_measure_memory(tmp_path):
