@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_threads(args.threads)  # before JAX and torch are imported
 
-    from . import impls, measure, modes, problems, report
+    from . import impls, interleaved, measure, problems, report
 
     measure.set_torch_threads(args.threads)
     registry = impls.by_name()
@@ -202,11 +202,16 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 rows.append(guard.run(measure_row))
                 progress.done()
-    mode_rows = []
-    if "jaxhvp.hvp(mode=auto)" in {impl.name for impl in chosen}:
-        for name, problem in built.items():
+    mode_rows, overhead_rows = [], []
+    chosen_names = {impl.name for impl in chosen}
+    rounds = 3 if args.quick else 20
+    for name, problem in built.items():
+        if interleaved.MODE_ROWS["auto"] in chosen_names:
             progress.show(f"{name}: mode=auto against each mode, interleaved")
-            mode_rows.append(modes.compare(problem, settings.target_s, 3 if args.quick else 10))
+            mode_rows.append(interleaved.modes(problem, settings.target_s, rounds))
+        if problem.plain_jax_loss and interleaved.OVERHEAD_PAIRS[0][0] in chosen_names:
+            progress.show(f"{name}: eager calls against a hand-written jit, interleaved")
+            overhead_rows.append(interleaved.overhead(problem, settings.target_s, rounds))
     progress.close()
 
     report.add_per_grad(rows)
@@ -243,15 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = report.overhead_summary(rows)
     if summary:
         print("\n" + summary)
-    if mode_rows:
-        (out / "modes.md").write_text(modes.markdown(mode_rows) + "\n")
-        print(
-            "\nmode=auto against each mode, interleaved in one process:\n"
-            + modes.markdown(mode_rows)
-        )
+    if mode_rows or overhead_rows:
+        text = interleaved.markdown(mode_rows, overhead_rows)
+        (out / "interleaved.md").write_text(text + "\n")
+        print("\nTimed interleaved, in one process:\n\n" + text)
     counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "wrong", "error", "timeout")}
     files = ["results.csv", "results.json", "table.md", *(p.name for p in plots)]
-    files += ["modes.md"] if mode_rows else []
+    files += ["interleaved.md"] if mode_rows or overhead_rows else []
     print(
         f"\n{len(rows)} rows ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}) in "
         f"{elapsed:.0f} s; {args.threads} threads; results in {out}/ ({', '.join(files)})"

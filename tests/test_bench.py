@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from bench import modes, problems, report
+from bench import interleaved, problems, report
 from bench.__main__ import selected
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,15 +115,21 @@ def test_overhead_summary_divides_each_row_by_its_hand_written_jit():
     assert "fresh" not in summary  # rows that did not run are left out
 
 
-def test_auto_is_compared_with_each_mode_in_one_process():
-    row = modes.compare(problems.build("rosenbrock10", quick=True), target_s=0.0, min_rounds=2)
-    assert row["rounds"] == 2
-    assert row["best_mode"] in modes.MODES
-    times = [row[f"{m}_s"] for m in (*modes.MODES, modes.AUTO)]
+def test_interleaved_comparisons():
+    problem = problems.build("rosenbrock10", quick=True)
+    modes = interleaved.modes(problem, target_s=0.0, min_rounds=2)
+    assert modes["rounds"] == 2
+    assert modes["best_mode"] in interleaved.MODES
+    times = [modes[f"{m}_s"] for m in interleaved.MODE_ROWS]
     assert all(t > 0 for t in times)
-    assert row["auto_over_best"] == row["auto_s"] / min(times[:3])
-    table = modes.markdown([row]).splitlines()
-    assert table[2].startswith(f"| rosenbrock10 | {row['fwd-rev_s'] * 1e3:.4g} |")
+    assert modes["auto_over_best"] == modes["auto_s"] / min(times[:3])
+    overhead = interleaved.overhead(problem, target_s=0.0, min_rounds=2)
+    ratios = [overhead[f"{name} / {base}"] for name, base in interleaved.OVERHEAD_PAIRS]
+    for ratio, (name, base) in zip(ratios, interleaved.OVERHEAD_PAIRS, strict=True):
+        assert ratio == overhead[f"{name}_s"] / overhead[f"{base}_s"]
+    text = interleaved.markdown([modes], [overhead]).splitlines()
+    assert text[4] == f"| rosenbrock10 | {ratios[0]:.2f}x | {ratios[1]:.2f}x | 2 |"
+    assert text[-1].startswith(f"| rosenbrock10 | {modes['fwd-rev_s'] * 1e3:.4g} |")
 
 
 def test_fresh_process_rows_measure_memory(tmp_path):
