@@ -202,12 +202,12 @@ def call(impl: Callable, options: tuple, func: Callable, args: tuple, jit: bool 
     of every eager call.
     """
     if not (jit and is_eager(args)):
-        if _deferred(options):
-            skeleton, fn_leaves, _, _ = _closure.split(func)
-            leaves = [*jax.tree_util.tree_leaves(args), *fn_leaves]
-            options = _decide((impl, options, skeleton), leaves, eager=False)
-        return impl(func, *args, *options)
-    skeleton, fn_leaves, templates, pinned = _closure.split(func)
+        return _call_directly(impl, options, func, args)
+    split = _closure.split(func)
+    if split is None:  # too much to walk: uncached, so that nothing it reads can be stale
+        _warn_uncached(func)
+        return _call_directly(impl, options, func, args)
+    skeleton, fn_leaves, templates, pinned = split
     key = (impl, options, skeleton)
     entry = _CACHE.entries.get(key)
     if entry is not None:  # a hit, lock-free: see _KernelCache
@@ -237,6 +237,16 @@ def call(impl: Callable, options: tuple, func: Callable, args: tuple, jit: bool 
         raise
     finally:
         _current.templates = None
+
+
+def _call_directly(impl: Callable, options: tuple, func: Callable, args: tuple) -> Any:
+    """``impl`` as is: traced by the caller's trace, or run op by op."""
+    if _deferred(options):
+        split = _closure.split(func)
+        skeleton, fn_leaves = (split[0], split[1]) if split else (None, [])
+        leaves = [*jax.tree_util.tree_leaves(args), *fn_leaves]
+        options = _decide((impl, options, skeleton), leaves, eager=False)
+    return impl(func, *args, *options)
 
 
 def is_eager(args: tuple) -> bool:
@@ -286,11 +296,31 @@ def _source(func: Callable) -> Any:
     return (code.co_filename, code.co_firstlineno, code.co_name)
 
 
-def _warn_recompiles(source: Any, count: int) -> None:
-    where = source[1] if len(source) == 2 else f"{source[2]} at {source[0]}:{source[1]}"
+_warned_uncached: set = set()
+
+
+def _warn_uncached(func: Callable) -> None:
+    source = _source(func)
+    if source in _warned_uncached:
+        return
+    _warned_uncached.add(source)
     msg = (
-        f"jaxhvp compiled {count} kernels for {where}: the Python values it closes over "
-        "(numbers, strings) or the structure of its arguments keep changing, and each new "
+        f"jaxhvp runs {_describe(source)} uncached, op by op (slow): it reads more than "
+        f"{_closure.MAX_NODES} Python values through its closures, globals, containers and "
+        "objects, too many to check for changes at every call. Pass large structures to it "
+        "as inputs, or call with jit=False to choose op by op explicitly."
+    )
+    warnings.warn(msg, stacklevel=4)
+
+
+def _describe(source: Any) -> str:
+    return source[1] if len(source) == 2 else f"{source[2]} at {source[0]}:{source[1]}"
+
+
+def _warn_recompiles(source: Any, count: int) -> None:
+    msg = (
+        f"jaxhvp compiled {count} kernels for {_describe(source)}: the Python values it closes "
+        "over (numbers, strings) or the structure of its arguments keep changing, and each new "
         "value is a new kernel. Pass numbers that change as arrays (jnp.asarray(...)), or "
         "call with jit=False to skip compilation."
     )

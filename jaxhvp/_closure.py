@@ -45,7 +45,7 @@ _SCALAR_TYPES = (bool, int, float, complex, str, bytes, type(None), np.generic, 
 _FIXED_TYPES = (types.ModuleType, type, types.BuiltinFunctionType, types.BuiltinMethodType)
 # Functions and objects from these packages are kept by identity rather than walked.
 _LIBRARY_PACKAGES = frozenset({"jax", "jaxlib", "numpy", "scipy", "flax", "equinox", "optax"})
-_MAX_NODES = 512
+MAX_NODES = 4096  # values a walk may meet; beyond, the function is not split
 _MAX_MEMO = 1024  # functions (by code) whose latest splits are remembered
 _GUARDS_PER_KEY = 4
 _MAX_PLAIN_TREE_NODES = 64  # larger pytrees are guarded by their treedef
@@ -53,7 +53,7 @@ _tree_flatten = jax.tree_util.tree_flatten
 
 
 class TooComplex(Exception):
-    """The walk met more than ``_MAX_NODES`` values."""
+    """The walk met more than ``MAX_NODES`` values."""
 
 
 class Skeleton:
@@ -77,12 +77,13 @@ class Skeleton:
 _guarded: dict[Any, list[Callable]] = {}  # memo key -> guards of the latest splits, newest first
 
 
-def split(func: Callable) -> tuple[Skeleton, list, list, list]:
-    """``(skeleton, leaves, templates, pinned)``.
+def split(func: Callable) -> tuple[Skeleton, list, list, list] | None:
+    """``(skeleton, leaves, templates, pinned)``, or ``None`` when ``func`` reads more than
+    ``MAX_NODES`` values (no skeleton could then be trusted to find every array in it).
 
     A function whose object graph is as a recent one of the same code records (same
     skeleton) is split by that record's guard, a few attribute reads and identity tests;
-    anything else is walked. A graph of more than ``_MAX_NODES`` values is taken by identity.
+    anything else is walked.
     """
     key = _memo_key(func)
     for guard in _guarded.get(key, ()):
@@ -96,7 +97,7 @@ def split(func: Callable) -> tuple[Skeleton, list, list, list]:
     try:
         skeleton = Skeleton(walker.walk(func, walker.source.argument))
     except TooComplex:
-        return Skeleton(("id", id(func))), [], [func], [func]
+        return None
     guard = walker.compile_guard(skeleton)
     if len(_guarded) >= _MAX_MEMO:
         _guarded.clear()
@@ -200,7 +201,7 @@ class _Walker:
     def walk(self, value: Any, at: str) -> Any:
         """The skeleton of ``value``, which the guard holds in its variable ``at``."""
         self.nodes += 1
-        if self.nodes > _MAX_NODES:
+        if self.nodes > MAX_NODES:
             raise TooComplex
         source = self.source
         if isinstance(value, _ARRAY_TYPES):

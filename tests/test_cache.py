@@ -13,6 +13,7 @@ import pytest
 from conftest import assert_trees_close
 
 import jaxhvp
+from jaxhvp import _closure
 
 
 @pytest.fixture(autouse=True)
@@ -270,20 +271,39 @@ def test_eviction_spares_kernels_in_use():
     assert (info.hits, info.misses) == (9, 11)  # cube compiled once, each newcomer once
 
 
-def test_huge_object_graphs_fall_back_to_identity():
-    chain = jnp.ones(3)
-    for _ in range(600):
-        chain = [chain]
+class Box:
+    def __init__(self, w):
+        self.w = w
+
+
+def test_functions_reading_too_much_run_uncached_and_never_stale():
+    boxes = [Box(jnp.ones(3)) for _ in range(_closure.MAX_NODES // 2)]  # two values each
 
     def f(x):
-        inner = chain
-        while isinstance(inner, list):
-            inner = inner[0]
-        return weighted_cube(x, inner)
+        return weighted_cube(x, boxes[0].w)
 
     x, v = jnp.arange(3.0), jnp.ones(3)
+    with pytest.warns(UserWarning, match="uncached, op by op.*Pass large structures"):
+        _, hv = jaxhvp.hvp(f, x, v)
+    assert_trees_close(hv, expected_weighted(x, boxes[0].w, v))
+    boxes[0].w = jnp.full(3, 10.0)
+    _, hv = jaxhvp.hvp(f, x, v)  # warned once per function
+    assert_trees_close(hv, expected_weighted(x, boxes[0].w, v))
+    assert counts() == (0, 0, 0)
+
+
+def test_large_pytrees_are_walked_and_guarded():
+    params = {f"w{i}": jnp.full(3, float(i)) for i in range(1000)}
+
+    def f(x):
+        return weighted_cube(x, params["w1"]) + sum(p.sum() for p in params.values()) * 0
+
+    x, v = jnp.arange(3.0), jnp.ones(3)
+    jaxhvp.hvp(f, x, v)
+    params["w1"] = jnp.full(3, 5.0)
     _, hv = jaxhvp.hvp(f, x, v)
-    assert_trees_close(hv, 6 * x)
+    assert_trees_close(hv, expected_weighted(x, params["w1"], v))
+    assert counts() == (1, 1, 1)
 
 
 def test_threads_share_kernels_and_get_their_own_values():
