@@ -138,7 +138,7 @@ class _KernelCache:
 _CACHE = _KernelCache(DEFAULT_MAXSIZE)
 _current = threading.local()  # templates of the call in flight on this thread
 _ARRAYS = _closure._ARRAY_TYPES
-_CONCRETE_ARRAY_TYPES = frozenset({type(jax.numpy.zeros(())), np.ndarray})  # a fast first test
+_CONCRETE_ARRAY_TYPES = _closure._CONCRETE_ARRAY_TYPES  # a fast first test
 
 
 def cache_info() -> CacheInfo:

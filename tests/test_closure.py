@@ -117,6 +117,11 @@ def _namedtuple_in_list(_):
     return make_closure(jnp.ones(3), 1.0, config), lambda: config.__setitem__(0, Pair(1, 2))
 
 
+def _large_dict_array_to_scalar(_):
+    config = {f"w{i}": jnp.ones(2) for i in range(100)}  # guarded by its treedef
+    return make_closure(jnp.ones(3), 1.0, config), lambda: config.update(w7=2.0)
+
+
 def _attribute_value(_):
     holder = Holder(jnp.ones(3), 2.0)
     return holder.loss, lambda: setattr(holder, "scale", 3.0)
@@ -204,6 +209,7 @@ CHANGES = [
     _list_append,
     _nested_none_to_array,
     _namedtuple_in_list,
+    _large_dict_array_to_scalar,
     _attribute_value,
     _attribute_added,
     _class_changed,
