@@ -22,9 +22,12 @@ jax.grad and jax.jit(...) but not jaxhvp.*, and 'jaxhvp.hvp' every jaxhvp.hvp va
 each framework used is always timed: it is the per_grad unit.
 
 The full run measures each row in a fresh process (python -m bench._worker): peak memory and
-a cold first call. --quick: smaller CNN and transformer, fewer repetitions, no torch.compile,
-batched rows at k = 1 and 8 only, everything in this process (peak memory NaN), and shorter
-waits for a quiet machine.
+a cold first call. Ratios near 1 (mode=auto against each mode; an eager call against a
+hand-written jit) are then timed interleaved in one process: interleaved.md.
+
+--quick: smaller CNN and transformer, fewer repetitions, no torch.compile, batched rows at
+k = 1 and 8 only, everything in this process (peak memory NaN), and shorter waits for a
+quiet machine.
 """
 
 
@@ -35,7 +38,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--quick", action="store_true", help="the reduced suite (~3 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="the reduced suite (~2 min on 2 cores)")
     p.add_argument("--problems", nargs="+", metavar="P", help="problems to run (default all)")
     p.add_argument("--impls", nargs="+", metavar="I", help="implementations (default all)")
     p.add_argument("--out", type=Path, default=Path("results"), help="output folder (results)")
