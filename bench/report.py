@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import interleaved
 from .impls import UNITS
 
 COLUMNS = [
@@ -211,9 +212,8 @@ def markdown_table(rows: list[dict]) -> str:
 def overhead_summary(rows: list[dict]) -> str:
     """Eager jaxhvp against hand-written jits (and torch), per overhead problem."""
     times = {(r["problem"], r["impl"]): r["median_s"] for r in rows if r["status"] == "ok"}
-    comparisons = [  # (row, the hand-written jit it is measured against)
-        ("jaxhvp.hvp[top-level f]", "jax.jit(jvp(grad))[top-level f]"),
-        ("jaxhvp.hvp", "jax.jit(jvp(grad))"),
+    comparisons = [  # (row, the baseline it is measured against)
+        *interleaved.OVERHEAD_PAIRS,
         ("jaxhvp.hvp[fresh-closure]", "jaxhvp.hvp[fresh-data]"),
         ("jaxhvp.hvp[fresh-data]", "jax.jit(jvp(grad))[fresh-data]"),
         ("jaxhvp.hvp(jit=False)", "jax.jit(jvp(grad))"),

@@ -64,7 +64,8 @@ class Fastest(_cache.PerSignature):
                 jax.block_until_ready(self.timed(run(compose)))
         timings = dict.fromkeys(composes, float("inf"))
         for round_ in range(ROUNDS):
-            for compose in composes[round_ % 3 :] + composes[: round_ % 3]:
+            first = round_ % len(composes)
+            for compose in composes[first:] + composes[:first]:
                 start = time.perf_counter()
                 jax.block_until_ready(self.timed(run(compose)))
                 timings[compose] = min(timings[compose], time.perf_counter() - start)

@@ -137,7 +137,6 @@ class _KernelCache:
 
 _CACHE = _KernelCache(DEFAULT_MAXSIZE)
 _current = threading.local()  # templates of the call in flight on this thread
-_ARRAYS = _closure._ARRAY_TYPES
 _CONCRETE_ARRAY_TYPES = _closure._CONCRETE_ARRAY_TYPES  # a fast first test
 
 
@@ -256,7 +255,7 @@ def is_eager(args: tuple) -> bool:
     for arg in args:
         if type(arg) not in _CONCRETE_ARRAY_TYPES:
             leaves = jax.tree_util.tree_leaves(args)
-            return bool(leaves) and all(isinstance(x, _ARRAYS) for x in leaves)
+            return bool(leaves) and all(map(_closure.is_array, leaves))
     return bool(args)
 
 

@@ -205,7 +205,7 @@ class _Walker:
             raise TooComplex
         source = self.source
         if isinstance(value, _ARRAY_TYPES):
-            source.require(f"{source.constant(_is_array)}({at})")
+            source.require(f"{source.constant(is_array)}({at})")
             self.leaves.append(value)
             self.leaf_exprs.append(at)
             return ("array",)
@@ -283,7 +283,7 @@ class _Walker:
         self.nodes += len(arrays)
         if self.nodes > MAX_NODES:
             raise TooComplex
-        self.source.require(f"all(map({self.source.constant(_is_array)}, {at}))")
+        self.source.require(f"all(map({self.source.constant(is_array)}, {at}))")
         self.leaves.extend(arrays)
         self.leaf_exprs.append(f"*{at}")
         return (("array",),) * len(arrays)
@@ -407,7 +407,7 @@ class _Walker:
 _CONCRETE_ARRAY_TYPES = frozenset({type(jax.numpy.zeros(())), np.ndarray})
 
 
-def _is_array(value: Any) -> bool:
+def is_array(value: Any) -> bool:
     """``isinstance(value, _ARRAY_TYPES)``, with a fast first test (jax.Array's is slow)."""
     return type(value) in _CONCRETE_ARRAY_TYPES or isinstance(value, _ARRAY_TYPES)
 

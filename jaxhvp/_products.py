@@ -10,7 +10,7 @@ from jax import lax
 
 from . import _auto, _cache, _strict
 from ._inputs import as_inputs, as_tangents
-from ._modes import MODES, check_callable, resolve_mode, scalar_fn
+from ._modes import AUTO, check_callable, resolve_mode, scalar_fn
 
 
 def detach(tree: Any, create_graph: bool) -> Any:
@@ -43,9 +43,8 @@ _options: dict[tuple, tuple] = {}  # the arguments of product -> _product's stat
 
 
 def _static_options(fn_name: str, mode: Any, *flags: Any) -> tuple:
-    compose = MODES.get(mode) if isinstance(mode, str) else None
-    if compose is None:
-        resolve_mode(mode, fn_name)  # raises unless "auto"
+    compose = resolve_mode(mode, fn_name)
+    if compose == AUTO:
         compose = _auto.PRODUCT
     options = (compose, fn_name, *map(bool, flags))
     if len(_options) < 64 and all(type(f) is bool for f in flags):
