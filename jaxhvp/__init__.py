@@ -1,9 +1,9 @@
 """jaxhvp: PyTorch's ``torch.autograd.functional.hvp`` for JAX, over any pytree."""
 
 from . import spectrum as spectrum
-from ._cache import CacheInfo as CacheInfo
-from ._cache import cache_clear as cache_clear
-from ._cache import cache_info as cache_info
+from ._eager import CacheInfo as CacheInfo
+from ._eager import cache_clear as cache_clear
+from ._eager import cache_info as cache_info
 from ._errors import HVPError as HVPError
 from ._hessian import hessian as hessian
 from ._minimize import MinimizeResult as MinimizeResult

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _cache, _strict
+from . import _eager, _strict
 from ._errors import HVPError
 from ._inputs import as_inputs
 from ._modes import check_callable, fwd_rev, rev_rev, scalar_fn
@@ -93,7 +93,7 @@ def hessian(
         raise HVPError(msg)
 
     options = (bool(create_graph), bool(strict), forward, bool(vectorize))
-    return _cache.call(_hessian, options, func, (inputs,), jit=jit)
+    return _eager.call(_hessian, options, func, (inputs,), jit=jit)
 
 
 def _hessian(

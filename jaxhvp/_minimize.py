@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from . import _cache
+from . import _eager
 from ._errors import HVPError
 from ._operator import hessian_operator
 
@@ -246,7 +246,9 @@ def minimize(
     Args:
       fun: the objective, ``fun(x, *args)`` -> an array with one element.
       x0: the initial point: an array or any pytree of floating arrays.
-      args: a tuple of extra arguments to ``fun`` (arrays or pytrees of arrays).
+      args: a tuple of extra arguments to ``fun`` (arrays or pytrees of arrays). Python
+        numbers in it are passed as weakly typed arrays, as ``jax.jit`` passes positional
+        numbers: a new value is not a recompile.
       method: ``"newton-cg"`` (line-search Newton-CG) or ``"trust-ncg"`` (trust-region
         Newton-CG, Steihaug-Toint); case-insensitive, so scipy's ``"Newton-CG"`` works.
       tol: scipy's ``tol``: ``xtol`` for Newton-CG, ``gtol`` for trust-ncg (an entry in
@@ -292,10 +294,11 @@ def minimize(
         raise TypeError(msg)
     options = _resolve_options(module, tol, options)
     throw = bool(options.pop("throw", False))
+    args = jax.tree_util.tree_map(_as_traced, args)
     x0 = as_floating(x0, "x0")
     size = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(x0))
     config = _as_arrays(module.make_config(options, size))
-    result = _cache.call(_solve, (module.solve,), fun, (x0, args, config))
+    result = _eager.call(_solve, (module.solve,), fun, (x0, args, config))
     if throw:
         _raise_if_failed(result.status, module.NAME)
     return result
@@ -386,6 +389,13 @@ def _as_arrays(config: Any) -> Any:
         return jnp.asarray(value)
 
     return type(config)(*map(as_array, config))
+
+
+def _as_traced(leaf: Any) -> Any:
+    """A Python number as ``jax.jit`` traces a positional one: a weakly typed array."""
+    if type(leaf) in (int, float, complex):
+        return jnp.asarray(leaf)
+    return leaf
 
 
 def _solve(fun: Callable, x0: Any, args: tuple, config: Any, solve: Callable) -> MinimizeResult:

@@ -13,7 +13,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from . import _auto, _cache
+from . import _eager
 from ._errors import HVPError
 from ._inputs import Inputs, as_inputs, as_tangents
 from ._modes import AUTO, MODE_NAMES, check_callable, resolve_mode, scalar_fn
@@ -52,7 +52,7 @@ class HessianOperator:
 
     def mv(self, v: Any) -> Any:
         """``H v``; ``v`` must match the inputs' structure, shapes and dtypes."""
-        return _apply(self, as_tangents(v, self._space()))
+        return _eager.call(_apply, (), self, (as_tangents(v, self._space()),))
 
     def __call__(self, v: Any) -> Any:
         return self.mv(v)
@@ -72,14 +72,14 @@ class HessianOperator:
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
             msg = f"batch_size must be a positive int or None, but got {batch_size!r}."
             raise HVPError(msg)
-        return _matmat(self, vectors, batch_size)
+        return _eager.call(_matmat, (batch_size,), self, (vectors,))
 
     def as_matrix(self) -> jax.Array:
         """The dense ``(n, n)`` matrix over the flattened inputs (``ravel_pytree`` order).
 
         Costs n products and n^2 memory: for small problems.
         """
-        return _as_matrix(self)
+        return _eager.call(_as_matrix, (), self, ())
 
     def as_scipy(self) -> Any:
         """A ``scipy.sparse.linalg.LinearOperator`` over the flattened inputs."""
@@ -89,7 +89,7 @@ class HessianOperator:
 
         def matvec(x: np.ndarray) -> np.ndarray:
             x = jnp.asarray(np.ravel(x), dtype=flat.dtype)
-            return np.asarray(_apply_flat(self, x))
+            return np.asarray(_eager.call(_apply_flat, (), self, (x,)))
 
         n = flat.size
         return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, dtype=flat.dtype)
@@ -121,25 +121,21 @@ class _LinearMap:
         return self.op.linear(v)
 
 
-@jax.jit
 def _apply(op: HessianOperator, v: Any) -> Any:
     return op.linear(v)
 
 
-@jax.jit
 def _apply_flat(op: HessianOperator, x: jax.Array) -> jax.Array:
     _, unravel = ravel_pytree(op.grad)
     return ravel_pytree(op.linear(unravel(x)))[0]
 
 
-@functools.partial(jax.jit, static_argnames="batch_size")
 def _matmat(op: HessianOperator, vectors: Any, batch_size: int | None) -> Any:
     if batch_size is None:
         return jax.vmap(op.linear)(vectors)
     return lax.map(op.linear, vectors, batch_size=batch_size)
 
 
-@jax.jit
 def _as_matrix(op: HessianOperator) -> jax.Array:
     flat, unravel = ravel_pytree(op.grad)
     columns = jax.vmap(lambda e: ravel_pytree(op.linear(unravel(e)))[0])(
@@ -217,8 +213,8 @@ def hessian_operator(
     check_callable(func, _NAME)
     compose = resolve_mode(mode, _NAME)
     if compose == AUTO:
-        compose = _auto.OPERATOR
-    return _cache.call(_linearize, (compose, bool(has_aux)), func, (inputs,), jit=jit)
+        compose = _eager.AUTO_OPERATOR
+    return _eager.call(_linearize, (compose, bool(has_aux)), func, (inputs,), jit=jit)
 
 
 def _linearize(func: Callable, inputs: Any, compose: Callable, has_aux: bool) -> HessianOperator:

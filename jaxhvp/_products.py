@@ -8,7 +8,7 @@ from typing import Any
 import jax
 from jax import lax
 
-from . import _auto, _cache, _strict
+from . import _eager, _strict
 from ._inputs import as_inputs, as_tangents
 from ._modes import AUTO, check_callable, resolve_mode, scalar_fn
 
@@ -36,7 +36,7 @@ def product(
         options = _options[fn_name, mode, create_graph, strict, has_aux]
     except (KeyError, TypeError):  # new, or unhashable (then invalid: resolve_mode raises)
         options = _static_options(fn_name, mode, create_graph, strict, has_aux)
-    return _cache.call(_product, options, func, (inputs, v), jit)
+    return _eager.call(_product, options, func, (inputs, v), jit)
 
 
 _options: dict[tuple, tuple] = {}  # the arguments of product -> _product's static options
@@ -45,7 +45,7 @@ _options: dict[tuple, tuple] = {}  # the arguments of product -> _product's stat
 def _static_options(fn_name: str, mode: Any, *flags: Any) -> tuple:
     compose = resolve_mode(mode, fn_name)
     if compose == AUTO:
-        compose = _auto.PRODUCT
+        compose = _eager.AUTO_PRODUCT
     options = (compose, fn_name, *map(bool, flags))
     if len(_options) < 64 and all(type(f) is bool for f in flags):
         _options[(fn_name, mode, *flags)] = options

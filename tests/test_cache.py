@@ -13,7 +13,7 @@ import pytest
 from conftest import assert_trees_close
 
 import jaxhvp
-from jaxhvp import _closure
+from jaxhvp._eager import _walk
 
 
 @pytest.fixture(autouse=True)
@@ -163,15 +163,18 @@ def test_bound_methods_see_current_attributes(cls):
     assert jaxhvp.cache_info().compilations == 1
 
 
-def test_containers_without_arrays_keep_their_identity():
+def test_functions_with_side_effects_run_each_time_as_with_jit_false():
     seen = []
 
     def f(x):
-        seen.append(x.shape)  # runs while tracing, on the user's own list
+        seen.append(x.shape)  # the user's own list, at every call
         return cube(x)
 
+    with pytest.warns(UserWarning, match="uncached.*changes objects it reads"):
+        jaxhvp.hvp(f, jnp.ones(3), jnp.ones(3))
     jaxhvp.hvp(f, jnp.ones(3), jnp.ones(3))
-    assert seen == [(3,)]
+    assert len(seen) >= 2 and seen[-1] == (3,)
+    assert jaxhvp.cache_info().uncached_reasons == (("writes", 2),)
 
 
 def test_containers_mutated_in_place_are_never_stale():
@@ -277,13 +280,13 @@ class Box:
 
 
 def test_functions_reading_too_much_run_uncached_and_never_stale():
-    boxes = [Box(jnp.ones(3)) for _ in range(_closure.MAX_NODES // 2)]  # two values each
+    boxes = [Box(jnp.ones(3)) for _ in range(_walk.MAX_NODES // 2)]  # two values each
 
     def f(x):
         return weighted_cube(x, boxes[0].w)
 
     x, v = jnp.arange(3.0), jnp.ones(3)
-    with pytest.warns(UserWarning, match="uncached, op by op.*Pass large structures"):
+    with pytest.warns(UserWarning, match="uncached, op by op.*more than 4096 Python values"):
         _, hv = jaxhvp.hvp(f, x, v)
     assert_trees_close(hv, expected_weighted(x, boxes[0].w, v))
     boxes[0].w = jnp.full(3, 10.0)

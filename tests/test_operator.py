@@ -10,7 +10,8 @@ from conftest import assert_trees_close
 from jax import lax
 
 import jaxhvp
-from jaxhvp import HVPError, _auto
+from jaxhvp import HVPError
+from jaxhvp._eager import _auto
 
 MODES = ["fwd-rev", "rev-rev", "rev-fwd"]
 
@@ -94,13 +95,13 @@ def test_auto_mode_is_deterministic_and_reused_under_jit():
 def measurements(monkeypatch):
     """The signatures ``mode="auto"`` measures, in order."""
     seen = []
-    measure = _auto.Fastest._measure
+    measure = _auto.Fastest.measure
 
     def counted(self, signature, run):
         seen.append(signature)
         return measure(self, signature, run)
 
-    monkeypatch.setattr(_auto.Fastest, "_measure", counted)
+    monkeypatch.setattr(_auto.Fastest, "measure", counted)
     monkeypatch.setattr(_auto, "_choices", type(_auto._choices)())  # none made yet
     jaxhvp.cache_clear()  # nor kernels traced with one
     return seen

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .. import _eager
 from .._errors import HVPError
 from .._inputs import Inputs, as_inputs, is_array
 from .._modes import AUTO, MODE_NAMES, MODES, check_callable, resolve_mode, scalar_fn
@@ -91,17 +92,17 @@ def batch_hessian_operator(
     forward pass (nothing is kept between products but the parameters and the data).
 
     Args:
-      loss: ``loss(params, batch)`` -> a one-element array. It should read data only from
-        ``batch``: arrays it closes over are compiled into the products as constants, and
-        it is part of the operator's static structure (hashed by identity).
+      loss: ``loss(params, batch)`` -> a one-element array. Arrays it reads besides
+        ``batch`` are read afresh at every eager product, as by :func:`jaxhvp.hvp`; it is
+        part of the operator's static structure (hashed by identity) under ``jax.jit``.
       params: any pytree of floating arrays (passed to ``loss`` as one argument).
       batches: a pytree of arrays, each with the same leading length ``num_batches >= 1``.
       select: optionally, a function picking a block of ``params`` (as in
         :func:`block_operator`): the operator is then that block of the batch Hessian.
       mode: ``"fwd-rev"`` (default), ``"rev-rev"`` or ``"rev-fwd"``, as in
         :func:`jaxhvp.hvp` (not ``"auto"``).
-      jit: if True, ``value`` and ``grad`` are computed by a compiled kernel (``jax.jit``
-        with ``loss`` static); the products are compiled wherever the operator is used.
+      jit: as in :func:`jaxhvp.hvp`, for ``value`` and ``grad``; eager products of the
+        operator run compiled kernels of the same cache.
 
     Returns:
       A :class:`jaxhvp.HessianOperator` over ``params`` (or the selected block).
@@ -153,8 +154,8 @@ def batch_hessian_operator(
     if select is not None:
         positions, block = pick(params, select, _NAME)
         product = _MeanProduct(loss, compose, positions, jax.tree_util.tree_structure(block))
-    value_and_grad = _value_and_grad_jit if jit else _value_and_grad
-    value, grad = value_and_grad(loss, params, batches, product.positions, product.block_tree)
+    options = (product.positions, product.block_tree)
+    value, grad = _eager.call(_value_and_grad, options, loss, (params, batches), jit=jit)
     linear = jax.tree_util.Partial(product, params, batches)
     return HessianOperator(value, grad, None, linear, MODE_NAMES[compose], type(grad) is tuple)
 
@@ -177,10 +178,6 @@ def _value_and_grad(
     total, _ = lax.scan(add, zeros, batches)
     count = _num_batches(batches)
     return jax.tree_util.tree_map(lambda t: t / count, total)
-
-
-# The loss is static, as in the products: the operator's structure holds it (by identity).
-_value_and_grad_jit = jax.jit(_value_and_grad, static_argnums=(0, 3, 4))
 
 
 def _num_batches(batches: Any) -> int:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _cache
+from .. import _eager
 from .._errors import HVPError
 from . import _lanczos
 from ._operand import (
@@ -160,7 +160,7 @@ def eigenvalues(
         )
         raise HVPError(msg)
     tol = _check_tol(tol)
-    if throw and not _cache.is_eager((like, key)):
+    if throw and not _eager.is_eager((like, key)):
         msg = (
             f"throw=True needs an eager call of {_NAME}: under jax.jit (or another "
             "transformation) the result is not known yet. Check result.converged instead."

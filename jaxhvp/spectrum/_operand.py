@@ -4,17 +4,15 @@ Every estimator takes ``op``: a :class:`jaxhvp.HessianOperator` (including those
 ``batch_hessian_operator`` and ``block_operator``) or any symmetric linear map ``matvec(v)``
 over a pytree, with ``like=`` giving the vectors' structure, shapes and dtypes. Inside the
 compiled kernel the map is seen over flat vectors (``ravel_pytree`` order), as
-:class:`FlatOperator`. :func:`compiled_call` runs an estimator as one compiled kernel: a
-``HessianOperator`` is a pytree and goes to ``jax.jit`` as an argument (its arrays are
-arguments, its structure is the compilation key); a plain matvec goes through the package's
-kernel cache (``_cache.call``), which lifts the arrays it closes over into arguments, so a
-fresh closure over new arrays does not recompile. Either way nothing is baked in as a
-constant, and under an outer trace the estimator is simply traced.
+:class:`FlatOperator`. :func:`compiled_call` runs an estimator as one compiled kernel through
+the package's eager-call machinery (``_eager.call``): the arrays an operator or a matvec
+holds or reads are the kernel's arguments, so a fresh closure over new arrays (or a new
+operator of the same function) does not recompile.
+Nothing is baked in as a constant, and under an outer trace the estimator is simply traced.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +22,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from .. import _cache
+from .. import _eager
 from .._errors import HVPError
 from .._operator import HessianOperator
 
@@ -61,14 +59,7 @@ def operand(op: Any, like: Any, fn_name: str) -> tuple[Callable, Any]:
 
 def compiled_call(impl: Callable, options: tuple, matvec: Callable, args: tuple) -> Any:
     """``impl(matvec, *args, *options)`` as a compiled kernel; ``options`` are static."""
-    if isinstance(matvec, HessianOperator):
-        return _jitted(impl, options)(matvec, *args)
-    return _cache.call(impl, options, matvec, args)
-
-
-@functools.lru_cache(maxsize=256)
-def _jitted(impl: Callable, options: tuple) -> Callable:
-    return jax.jit(lambda op, *args: impl(op, *args, *options))
+    return _eager.call(impl, options, matvec, args)
 
 
 def _as_arrays(like: Any, fn_name: str) -> Any:

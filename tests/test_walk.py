@@ -5,11 +5,12 @@ import functools
 import gc
 import weakref
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxhvp import _closure
+from jaxhvp._eager import _walk
 
 GLOBAL_WEIGHT = jnp.ones(3)
 
@@ -19,23 +20,23 @@ def uses_global_weight(x):
 
 
 def fresh_walk(func):
-    walker = _closure._Walker()
-    skeleton = walker.walk(func, walker.source.argument)
-    return skeleton, walker.leaves, walker.templates
+    walker = _walk._Walker()
+    skeleton, _ = walker.walk(func, walker.source.argument, 0)
+    return skeleton, walker.leaves, walker.nodes, tuple(walker.plan)
 
 
 def assert_split_is_a_fresh_walk(func):
-    skeleton, leaves, templates, _ = _closure.split(func)
-    expected_skeleton, expected_leaves, expected_templates = fresh_walk(func)
-    assert skeleton.tree == expected_skeleton
-    assert len(leaves) == len(expected_leaves)
-    assert all(a is b for a, b in zip(leaves, expected_leaves, strict=True))
-    assert all(a is b for a, b in zip(templates, expected_templates, strict=True))
+    split = _walk.split(func)
+    expected_skeleton, expected_leaves, expected_nodes, expected_plan = fresh_walk(func)
+    assert split.skeleton.tree == expected_skeleton
+    assert split.skeleton.plan == expected_plan
+    assert all(a is b for a, b in zip(split.leaves, expected_leaves, strict=True))
+    assert all(a is b for a, b in zip(split.nodes, expected_nodes, strict=True))
 
 
 def guarded(func):
     """Whether a recorded guard accepts ``func`` (no walk needed)."""
-    recorded = _closure._guarded.get(_closure._memo_key(func), ())
+    recorded = _walk._guarded.get(_walk._memo_key(func), ())
     return any(guard(func) is not None for guard in recorded)
 
 
@@ -200,7 +201,100 @@ def _cycle(_):
     return holder.loss, lambda: setattr(holder, "me", None)
 
 
+def _function_attribute(_):
+    def loss(x):
+        return loss.scale * x.sum()
+
+    loss.scale = 2.0
+    return loss, lambda: setattr(loss, "scale", 3.0)
+
+
+def _zero_sign(_):
+    return make_closure(jnp.ones(3), 0.0, {}), lambda: None
+
+
+def _negative_zero(_):
+    loss, set_w = rebind_cell(0.0)
+    return loss, lambda: set_w(-0.0)
+
+
+def _dict_order(_):
+    config = {"a": 1, "b": 2}
+
+    def reorder():
+        config.pop("a")
+        config["a"] = 1
+
+    return make_closure(jnp.ones(3), 1.0, config), reorder
+
+
+class Slotted:
+    __slots__ = ("__dict__", "w")
+
+    def __init__(self, w):
+        self.w = w
+
+    def loss(self, x):
+        return (self.w * x).sum()
+
+
+def _slot_rebound_to_scalar(_):
+    obj = Slotted(jnp.ones(3))
+    return obj.loss, lambda: setattr(obj, "w", 2.0)
+
+
+def _method_replaced(monkeypatch):
+    holder = Holder(jnp.ones(3), 2.0)
+    return holder.loss, lambda: monkeypatch.setattr(Holder, "loss", lambda self, x: x.sum())
+
+
+class WithProperty:
+    @property
+    def weight(self):
+        return GLOBAL_WEIGHT
+
+    def loss(self, x):
+        return (self.weight * x).sum()
+
+
+def _global_behind_a_property(monkeypatch):
+    obj = WithProperty()
+    return obj.loss, lambda: monkeypatch.setitem(globals(), "GLOBAL_WEIGHT", 2.0)
+
+
+def _sharing_changes(_):
+    shared = {"w": jnp.ones(3)}
+    config = [shared, shared]
+    return make_closure(jnp.ones(3), 1.0, config), lambda: config.__setitem__(1, dict(shared))
+
+
+@jax.tree_util.register_pytree_node_class
+class Tagged:
+    def __init__(self, w, tags):
+        self.w, self.tags = w, tags
+
+    def tree_flatten(self):
+        return (self.w,), self.tags
+
+    @classmethod
+    def tree_unflatten(cls, tags, children):
+        return cls(children[0], tags)
+
+
+def _aux_mutated_in_place(_):
+    tagged = Tagged(jnp.ones(3), ["a"])
+    return make_closure(jnp.ones(3), 1.0, [tagged]), lambda: tagged.tags.append("b")
+
+
 CHANGES = [
+    _function_attribute,
+    _negative_zero,
+    _dict_order,
+    _slot_rebound_to_scalar,
+    _method_replaced,
+    _global_behind_a_property,
+    _sharing_changes,
+    _aux_mutated_in_place,
     _cell_array_to_scalar,
     _cell_scalar_value,
     _cell_scalar_type,
@@ -227,9 +321,9 @@ CHANGES = [
 
 @pytest.fixture(autouse=True)
 def _no_recorded_guards():
-    _closure.forget()
+    _walk.forget()
     yield
-    _closure.forget()
+    _walk.forget()
 
 
 @pytest.mark.parametrize("build", CHANGES, ids=lambda b: b.__name__.strip("_"))
@@ -245,18 +339,17 @@ def test_guards_reject_every_change_and_the_split_follows_it(build, monkeypatch)
 
 def test_new_arrays_pass_the_guard_and_are_the_new_leaves():
     loss, set_w = rebind_cell(jnp.ones(3))
-    _closure.split(loss)
+    _walk.split(loss)
     new = jnp.zeros(3)
     set_w(new)
     assert guarded(loss)
-    _, leaves, _, _ = _closure.split(loss)
-    assert leaves[0] is new
+    assert _walk.split(loss).leaves[0] is new
     assert_split_is_a_fresh_walk(loss)
 
 
 def test_fresh_closures_of_one_code_share_a_guard():
     funcs = [make_closure(jnp.full(3, float(k)), 2.0, {"a": 1}) for k in range(3)]
-    _closure.split(funcs[0])
+    _walk.split(funcs[0])
     for func in funcs:
         assert guarded(func)
         assert_split_is_a_fresh_walk(func)
@@ -264,22 +357,49 @@ def test_fresh_closures_of_one_code_share_a_guard():
 
 
 def test_each_code_remembers_a_few_variants():
-    variants = [make_closure(jnp.ones(3), float(k), {}) for k in range(_closure._GUARDS_PER_KEY)]
+    variants = [make_closure(jnp.ones(3), float(k), {}) for k in range(_walk._GUARDS_PER_KEY)]
     for func in variants:
-        _closure.split(func)
+        _walk.split(func)
     assert all(guarded(func) for func in variants)
-    _closure.split(make_closure(jnp.ones(3), -1.0, {}))
+    _walk.split(make_closure(jnp.ones(3), -1.0, {}))
     assert not guarded(variants[0])  # the oldest is dropped
 
 
 def test_guards_keep_no_arrays_alive():
     loss, set_w = rebind_cell(np.ones(1000))
     ref = weakref.ref(loss.__closure__[0].cell_contents)
-    _closure.split(loss)
+    _walk.split(loss)
     set_w(np.zeros(1000))
     gc.collect()
     assert ref() is None
     assert_split_is_a_fresh_walk(loss)
+
+
+@pytest.mark.parametrize("value", [float("nan"), 0.0, -0.0, 1.5, 2**70, 1 + 2j, np.float32(-0.0)])
+def test_scalars_are_guarded_bit_for_bit(value):
+    loss, set_w = rebind_cell(value)
+    _walk.split(loss)
+    set_w(type(value)(value))  # the same value, a new object: still guarded
+    assert guarded(loss)
+    other = {float: -value if value == value else 1.0}.get(type(value), value + 1)
+    set_w(other)
+    assert not guarded(loss)
+    assert_split_is_a_fresh_walk(loss)
+
+
+def test_the_fast_path_for_many_arrays_keeps_their_order_and_places():
+    params = {f"w{i}": jnp.full(2, float(i)) for i in reversed(range(10))}
+    func = make_closure(jnp.ones(3), 1.0, params)
+    split = _walk.split(func)
+    assert [float(leaf[0]) for leaf in split.leaves if leaf.shape == (2,)] == list(
+        map(float, reversed(range(10)))
+    )
+    params["w3"] = params["w4"]  # the same array twice: no longer one test for all
+    assert not any(
+        g(func) is not None and len({*map(id, g(func)[1])}) == len(g(func)[1])
+        for g in _walk._guarded[_walk._memo_key(func)]
+    )
+    assert_split_is_a_fresh_walk(func)
 
 
 def test_huge_plain_trees_are_guarded_by_their_structure():

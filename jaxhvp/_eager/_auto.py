@@ -1,18 +1,17 @@
 """``mode="auto"``: time each AD composition once per signature, then keep the fastest.
 
-``Fastest`` is a static option of the kernel cache (``_cache.PerSignature``), decided when a
-kernel is traced for a new signature: the call's entry point, options and function skeleton,
-and the shapes and dtypes of its arrays. The first eager call with that signature runs every
-composition a few times on its own arguments; the choice is remembered, so it is
-deterministic afterwards and costs nothing per call (``jax.jit`` dispatches to the kernel
-traced with it). Calls under the user's ``jax.jit`` (or with ``jit=False``) reuse an eager
-choice for the same signature, or use ``"fwd-rev"``.
+``Fastest`` is a static option of eager calls (``_call.PerSignature``), decided for each
+signature: the call's entry point, options and function skeleton, and the shapes and dtypes
+of its arrays. The first eager call with that signature runs every composition a few times on
+its own arguments, before any kernel is traced with the option; the choice is remembered, so
+it is deterministic afterwards, and the call then runs the chosen composition's kernel.
+Calls under the user's ``jax.jit`` (or with ``jit=False``) reuse an eager choice for the same
+signature, or use ``"fwd-rev"``.
 """
 
 from __future__ import annotations
 
 import collections
-import functools
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -20,8 +19,8 @@ from typing import Any
 
 import jax
 
-from . import _cache
-from ._modes import MODES, fwd_rev
+from .._modes import MODES, fwd_rev
+from . import _call
 
 WARM_UP = 2
 ROUNDS = 5
@@ -32,7 +31,7 @@ _lock = threading.Lock()
 _choices: collections.OrderedDict = collections.OrderedDict()  # signature -> composition
 
 
-class Fastest(_cache.PerSignature):
+class Fastest(_call.PerSignature):
     """The fastest composition for each signature.
 
     Args:
@@ -40,19 +39,16 @@ class Fastest(_cache.PerSignature):
         of the operator for ``hessian_operator``).
     """
 
+    default = fwd_rev
+
     def __init__(self, timed: Callable[[Any], Any]) -> None:
         self.timed = timed
 
-    def decide(self, signature: Hashable, eager: bool) -> Callable:
+    def decide(self, signature: Hashable) -> Callable | None:
         with _lock:
-            chosen = _choices.get(signature)
-        if chosen is not None:
-            return chosen
-        if not eager:
-            return fwd_rev
-        raise _cache.Undecided(self, functools.partial(self._measure, signature))
+            return _choices.get(signature)
 
-    def _measure(self, signature: Hashable, run: Callable[[Callable], Any]) -> None:
+    def measure(self, signature: Hashable, run: Callable[[Callable], Any]) -> None:
         """Times the compositions in ``ROUNDS`` interleaved rounds after a warm-up, so that
         none is favoured by running while the process is still warming up (memory being
         mapped, caches filling), and keeps the fastest by its best time: the default
@@ -79,3 +75,11 @@ class Fastest(_cache.PerSignature):
 
 PRODUCT = Fastest(timed=lambda result: result)
 OPERATOR = Fastest(timed=lambda op: op.mv(op.grad))
+
+
+def _forget() -> None:
+    with _lock:
+        _choices.clear()
+
+
+_call._on_clear.append(_forget)

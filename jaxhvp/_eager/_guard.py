@@ -1,6 +1,6 @@
 """Guards: straight-line Python, written while a function is walked, that re-checks the walk.
 
-A guard takes a function and returns its split (``_closure.split``) when everything the walk
+A guard takes a function and returns its split (``_walk.split``) when everything the walk
 read is as it was (same code, same globals, the same Python values, containers of the same
 shape, arrays where there were arrays), or ``None`` for "walk again". It holds no arrays: an array
 is only checked to be one, and read afresh on every call.
@@ -9,7 +9,7 @@ is only checked to be one, and read afresh on every call.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 MISSING = object()  # what a guard reads for a key, attribute or global that is gone
 
@@ -18,10 +18,11 @@ class Source:
     """The text of one guard and the constants it names."""
 
     argument = "func"
+    namespace_defaults: ClassVar[dict[str, Any]] = {}  # helpers guards call (set by _walk)
 
     def __init__(self) -> None:
         self.lines: list[str] = []
-        self.namespace: dict[str, Any] = {"MISSING": MISSING, "EMPTY": {}}
+        self.namespace: dict[str, Any] = {"MISSING": MISSING, **self.namespace_defaults}
         self._num_locals = 0
 
     def constant(self, value: Any) -> str:

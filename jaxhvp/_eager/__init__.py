@@ -1,0 +1,30 @@
+"""Everything about eager calls, behind one entry point: :func:`call`.
+
+``_walk`` splits a function into a key and the arrays it reads (``_guard`` re-checks a split
+cheaply), ``_swap`` puts tracers into the user's objects while a kernel traces, ``_store``
+keeps the compiled kernels within one bound, ``_auto`` decides ``mode="auto"``, and ``_jax``
+is the only module that reads JAX internals.
+"""
+
+from . import _auto as _auto
+from ._auto import OPERATOR as AUTO_OPERATOR
+from ._auto import PRODUCT as AUTO_PRODUCT
+from ._call import PerSignature as PerSignature
+from ._call import cache_clear as cache_clear
+from ._call import cache_info as cache_info
+from ._call import call as call
+from ._call import is_eager as is_eager
+from ._store import CacheInfo as CacheInfo
+from ._walk import is_array as is_array
+
+__all__ = [
+    "AUTO_OPERATOR",
+    "AUTO_PRODUCT",
+    "CacheInfo",
+    "PerSignature",
+    "cache_clear",
+    "cache_info",
+    "call",
+    "is_array",
+    "is_eager",
+]

@@ -1,0 +1,336 @@
+"""``call``: the one entry point of every eager call in jaxhvp.
+
+An eager call (top level, concrete arrays, ``jit=True``) is split (``_walk``) into a key and
+the arrays the function reads, and runs the key's ``jax.jit`` kernel on its arguments and
+those arrays. The kernel traces the user's own function with tracers swapped into the places
+that hold the arrays (``_swap``). Whatever could make a compiled kernel differ from the same
+call with ``jit=False`` makes the key run uncached (op by op) instead, with one warning
+naming why: a value the walk cannot describe, Python control flow on a traced value, writes
+to the objects the function reads, host callbacks, or a key that keeps changing. Under an
+outer trace (the user's ``jit``, ``vmap``, ``grad``) nothing is cached: the caller traces.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import warnings
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import jax
+import numpy as np
+
+from .._errors import HVPError
+from . import _walk
+from ._jax import at_top_level, calls_back, forget_traces, trace_jaxpr
+from ._store import DEFAULT_MAXSIZE, PER_SOURCE, CacheInfo, Store
+from ._swap import LOCK, Rebound, swapped
+
+STORE = Store(DEFAULT_MAXSIZE)
+_current = threading.local()  # (func, split, entry) of the call being traced on this thread
+_JAX_ARRAY_TYPES = frozenset({type(jax.numpy.zeros(()))})
+
+# Errors of Python code that needs a concrete value where the kernel has a tracer.
+_CONCRETE_VALUE_ERRORS = (
+    jax.errors.ConcretizationTypeError,
+    jax.errors.TracerArrayConversionError,
+    jax.errors.TracerBoolConversionError,
+    jax.errors.TracerIntegerConversionError,
+    jax.errors.NonConcreteBooleanIndexError,
+)
+
+WHY = {
+    "concrete values": (
+        "it needs the concrete value of an array it reads or is given (Python control flow, "
+        "float() or int(), a numpy function, a boolean mask), which a compiled kernel only "
+        "sees as a tracer"
+    ),
+    "writes": "it changes objects it reads while it runs, which a kernel would do only once",
+    "callbacks": (
+        "it calls back into Python (jax.debug.callback or print, jax.pure_callback, "
+        "io_callback), and a kernel keeps the callables of the call that compiled it"
+    ),
+    "recompiles": "its kernels keep being recompiled",
+}
+
+
+class PerSignature:
+    """A static option decided once per signature of a call (key, shapes and dtypes).
+
+    ``decide`` returns the value for a signature, or ``None`` while undecided; ``measure``
+    decides it, given ``run(value)``, which makes the call with ``value`` for the option.
+    Under an outer trace an undecided option takes ``default``.
+    """
+
+    default: Any = None
+
+    def decide(self, signature: Hashable) -> Any:
+        raise NotImplementedError
+
+    def measure(self, signature: Hashable, run: Callable[[Any], Any]) -> None:
+        raise NotImplementedError
+
+
+class _Static:
+    """A non-array output of a kernel, carried in the output's structure."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+jax.tree_util.register_pytree_node(_Static, lambda s: ((), s.value), lambda v, _: _Static(v))
+
+
+def cache_info() -> CacheInfo:
+    """Counters of the eager-call cache: hits, misses, compilations, size, walks, uncached.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> import jaxhvp
+      >>> jaxhvp.cache_clear()
+      >>> for _ in range(3):
+      ...     _ = jaxhvp.hvp(lambda x: (x**3).sum(), jnp.ones(3), jnp.ones(3))
+      >>> info = jaxhvp.cache_info()
+      >>> info.hits, info.misses, info.compilations, info.uncached
+      (2, 1, 1, 0)
+    """
+    return STORE.info(_walk.Counters.walks)
+
+
+def cache_clear(maxsize: int | None = None) -> None:
+    """Frees every kernel jaxhvp keeps, resets the counters, and optionally sets the bound.
+
+    Args:
+      maxsize: the most entries kept (least recently used go first); default unchanged
+        (initially 64).
+    """
+    if maxsize is not None and (not isinstance(maxsize, int) or maxsize < 1):
+        msg = f"maxsize must be a positive int, but got {maxsize!r}."
+        raise ValueError(msg)
+    with LOCK:
+        STORE.clear(maxsize)
+        _walk.forget()
+        _walk.Counters.walks = 0
+        _warned.clear()
+        for forget in _on_clear:
+            forget()
+
+
+_on_clear: list[Callable[[], None]] = []  # other memos of the package (auto choices)
+
+
+def is_eager(args: tuple) -> bool:
+    """Whether a call with these arguments runs at top level on concrete arrays."""
+    return _eagerness(args) != _TRACED
+
+
+_TRACED, _JAX_ONLY, _WITH_NUMPY = 0, 1, 2
+
+
+def _eagerness(args: tuple) -> int:
+    """``_TRACED`` unless at top level with arrays only; then whether numpy arrays are among
+    them (the call must then finish before it returns)."""
+    if not at_top_level():
+        return _TRACED
+    for arg in args:
+        if type(arg) not in _JAX_ARRAY_TYPES:
+            leaves = jax.tree_util.tree_leaves(args)
+            if not (leaves and all(map(_walk.is_array, leaves))):
+                return _TRACED
+            return _WITH_NUMPY if any(type(x) is np.ndarray for x in leaves) else _JAX_ONLY
+    return _JAX_ONLY
+
+
+def call(impl: Callable, options: tuple, func: Any, args: tuple, jit: bool = True) -> Any:
+    """``impl(func, *args, *options)``: through a cached kernel when eager, else directly.
+
+    ``impl`` must be traceable and ``options`` a hashable tuple of its static arguments.
+    Returns exactly what the call with ``jit=False`` returns.
+    """
+    eagerness = _eagerness(args) if jit else _TRACED
+    if eagerness == _TRACED:
+        return _direct(impl, options, func, args)
+    with LOCK:
+        try:
+            split = _walk.split(func)
+        except _walk.Uncached as uncached:
+            return _uncached(uncached.reason, func, impl, options, args)
+        deferred = _DEFERRED.get(options)
+        if deferred is None:
+            deferred = _DEFERRED[options] = any(isinstance(o, PerSignature) for o in options)
+        if deferred:
+            return _call_deciding(impl, options, func, args, split)
+        key = (impl, options, split.skeleton)
+        entry = STORE.entries.get(key)
+        fresh = entry is None
+        if fresh:
+            build = functools.partial(_build, impl, options)
+            family = (impl, _source(func), _walk.without_values(split.skeleton.tree))
+            entry = STORE.insert(key, family, build, None)
+        else:
+            entry.referenced = True
+            next(STORE.hits)
+        if entry.kernel is None:
+            return _uncached(entry.reason, func, impl, options, args, (key, entry.family))
+        _current.call = (func, split, entry)
+        try:
+            if fresh and calls_back(trace_jaxpr(entry.kernel, args, split.leaves)):
+                STORE.make_uncached(entry, "callbacks")
+                return _uncached("callbacks", func, impl, options, args)
+            out = entry.kernel(args, split.leaves)
+        except Rebound:
+            STORE.make_uncached(entry, "writes")
+            return _uncached("writes", func, impl, options, args)
+        except _CONCRETE_VALUE_ERRORS:
+            STORE.make_uncached(entry, "concrete values")
+            return _uncached("concrete values", func, impl, options, args)
+        except (HVPError, TypeError) as error:
+            # Raised while tracing: drop the note jax.jit adds about its own frames, so the
+            # error reads as it does eagerly.
+            notes = getattr(error, "__notes__", [])
+            notes[:] = [n for n in notes if "JAX has removed its internal frames" not in n]
+            raise
+        finally:
+            _current.call = None
+            if _current.__dict__.pop("traced", False):
+                forget_traces()  # the traces JAX cached while tracers stood in user objects
+    if entry.static_outputs:
+        out = jax.tree_util.tree_map(_unwrap, out, is_leaf=_is_static)
+    if eagerness == _WITH_NUMPY or split.skeleton.has_numpy:
+        jax.block_until_ready(out)  # numpy buffers may be read until the kernel is done
+    return out
+
+
+_DEFERRED: dict[tuple, bool] = {}
+
+
+def _build(impl: Callable, options: tuple) -> Callable:
+    def kernel(args: tuple, leaves: list) -> Any:
+        func, split, entry = _current.call
+        STORE.count_compilation()
+        _current.traced = bool(split.skeleton.plan)
+        with swapped(split.skeleton, split.nodes, leaves, func) as traced_func:
+            out = impl(traced_func, *args, *options)
+        try:
+            after = _walk.split(func)
+        except _walk.Uncached:
+            after = None
+        unchanged = after is not None and after.skeleton == split.skeleton
+        if not (unchanged and all(map(_is, after.leaves, split.leaves))):
+            msg = "it changes what it reads while it runs"
+            raise Rebound(msg)
+        leaves_out, treedef = jax.tree_util.tree_flatten(out)
+        if all(isinstance(x, jax.Array) for x in leaves_out):
+            return out
+        entry.static_outputs = True
+        wrapped = [x if isinstance(x, jax.Array) else _Static(x) for x in leaves_out]
+        return treedef.unflatten(wrapped)
+
+    return jax.jit(kernel)
+
+
+def _is(a: Any, b: Any) -> bool:
+    return a is b
+
+
+def _is_static(x: Any) -> bool:
+    return type(x) is _Static
+
+
+def _unwrap(x: Any) -> Any:
+    return x.value if type(x) is _Static else x
+
+
+def _direct(impl: Callable, options: tuple, func: Any, args: tuple) -> Any:
+    """``impl`` as is: traced by the caller's trace, or run op by op (then finished before
+    returning, so that numpy buffers it reads may be reused at once)."""
+    if any(isinstance(o, PerSignature) for o in options):
+        try:
+            split = _walk.split(func)
+        except _walk.Uncached:
+            split = None
+        options = _decided(impl, options, args, split, measure=None)
+    out = impl(func, *args, *options)
+    if at_top_level():
+        jax.block_until_ready(out)
+    return out
+
+
+def _call_deciding(impl: Callable, options: tuple, func: Any, args: tuple, split: Any) -> Any:
+    def measure(option: PerSignature, signature: Hashable) -> None:
+        def run(value: Any) -> Any:
+            return call(impl, tuple(value if o is option else o for o in options), func, args)
+
+        option.measure(signature, run)
+
+    return call(impl, _decided(impl, options, args, split, measure), func, args)
+
+
+def _decided(impl: Callable, options: tuple, args: tuple, split: Any, measure: Any) -> tuple:
+    """``options`` with each ``PerSignature`` option decided for this call's signature."""
+    leaves = jax.tree_util.tree_leaves(args) + (split.leaves if split else [])
+    shapes = tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves)
+    signature = ((impl, options, split.skeleton if split else None), shapes)
+    decided = []
+    for option in options:
+        if isinstance(option, PerSignature):
+            value = option.decide(signature)
+            if value is None and measure is not None:
+                measure(option, signature)
+                value = option.decide(signature)
+            option = option.default if value is None else value
+        decided.append(option)
+    return tuple(decided)
+
+
+_warned: set = set()
+
+
+def _uncached(
+    reason: str, func: Any, impl: Callable, options: tuple, args: tuple, keyed: Any = None
+) -> Any:
+    STORE.count_uncached(reason)
+    source = _source(func)
+    if (source, reason) not in _warned and len(_warned) < 4096:
+        _warned.add((source, reason))
+        why = WHY.get(reason, reason)
+        if reason == "recompiles":
+            why = _why_recompiles(*keyed)
+        msg = (
+            f"jaxhvp runs {_describe(source)} uncached, op by op (slow): {why}. Pass the "
+            "arrays and numbers it reads as inputs (or in args), or call with jit=False "
+            "to choose op by op explicitly."
+        )
+        warnings.warn(msg, stacklevel=4)
+    return _direct(impl, options, func, args)
+
+
+def _why_recompiles(key: Any, family: Any) -> str:
+    last = STORE.last_key.get(family)
+    change = last and _walk.describe_change(last[2].tree, key[2].tree)
+    return (
+        f"{PER_SOURCE} kernels were compiled for it already, because "
+        f"{change or 'a Python value it reads'} changes from call to call and each value is "
+        "a new kernel; pass numbers that change as arrays (jnp.asarray(...))"
+    )
+
+
+def _source(func: Any) -> Any:
+    """Where ``func``'s code was written: kernels are counted per source location."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    func = getattr(func, "__func__", func)
+    # A function has code; a callable object has its class's __call__.
+    code = getattr(func, "__code__", None)
+    if code is None and callable(func):
+        code = getattr(type(func).__call__, "__code__", None)
+    if code is None:  # a builtin or compiled callable: counted per type
+        return (repr(type(func))[:60],)
+    return (code.co_filename, code.co_firstlineno, code.co_name)
+
+
+def _describe(source: Any) -> str:
+    return source[0] if len(source) == 1 else f"{source[2]} at {source[0]}:{source[1]}"

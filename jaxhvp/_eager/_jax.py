@@ -1,0 +1,111 @@
+"""The only place jaxhvp reads JAX internals: whether a call runs at top level, and which
+primitives of a traced program call back into Python.
+
+JAX has no public "is anything being traced?". ``at_top_level`` reads the trace state
+directly where this JAX version has it (a few attribute reads: it is on every eager call's
+path) and otherwise uses a public test that is slower but never wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def _public_check() -> bool:
+    """Top level iff an operation on a concrete array gives a concrete array."""
+    return not isinstance(jnp.zeros(()) + 0, jax.core.Tracer)
+
+
+def _private_check() -> Callable[[], bool] | None:
+    try:
+        from jax._src import core
+    except ImportError:  # pragma: no cover
+        return None
+    names = ("trace_state_strong_ref", "axis_env_state", "eval_trace", "top_axis_env")
+    if all(hasattr(core, name) for name in names):  # JAX 0.10
+        trace, axis_env = core.trace_state_strong_ref, core.axis_env_state
+        eval_trace, top_axis_env = core.eval_trace, core.top_axis_env
+
+        def fast() -> bool:
+            return trace.value is eval_trace and axis_env.value is top_axis_env
+
+        return fast
+    trace_ctx = getattr(core, "trace_ctx", None)
+    if trace_ctx is not None and hasattr(trace_ctx, "is_top_level"):
+        return trace_ctx.is_top_level
+    return None
+
+
+def _verified(check: Callable[[], bool] | None) -> Callable[[], bool]:
+    """``check`` if it answers right at top level and under jit, vmap and grad; else the
+    public test."""
+    if check is None:
+        return _public_check
+    try:
+        seen = []
+
+        def probe(x: Any) -> Any:
+            seen.append(check())
+            return x
+
+        ok = check()
+        jax.jit(probe)(1.0)
+        jax.vmap(probe)(jnp.ones(1))
+        jax.grad(probe)(1.0)
+    except Exception:  # pragma: no cover
+        return _public_check
+    return check if ok and seen == [False, False, False] else _public_check
+
+
+at_top_level = _verified(_private_check())
+FAST_TOP_LEVEL_CHECK = at_top_level is not _public_check
+
+
+def _staging_cache_clearer() -> Callable[[], None]:
+    try:
+        from jax._src import util
+    except ImportError:  # pragma: no cover
+        return jax.clear_caches
+    return getattr(util, "clear_all_caches", jax.clear_caches)
+
+
+forget_traces = _staging_cache_clearer()
+forget_traces.__doc__ = """Drops JAX's cached traces (not its compiled executables).
+
+JAX caches the traces of ``lax.scan`` bodies, ``jax.checkpoint`` functions and inner
+``jax.jit`` functions by function identity, assuming that what a function reads does not
+change under it. A kernel trace breaks that assumption while tracers stand in the user's
+objects, so the traces made meanwhile must not outlive it."""
+
+_CALLBACKS = frozenset({"debug_callback", "pure_callback", "io_callback", "callback"})
+
+
+def calls_back(closed_jaxpr: Any) -> bool:
+    """Whether a traced program (or one nested in it) calls back into Python."""
+    stack, seen = [closed_jaxpr], set()
+    while stack:
+        jaxpr = stack.pop()
+        jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+        if id(jaxpr) in seen or not hasattr(jaxpr, "eqns"):
+            continue
+        seen.add(id(jaxpr))
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name in _CALLBACKS:
+                return True
+            for param in eqn.params.values():
+                for value in param if isinstance(param, (tuple, list)) else (param,):
+                    if hasattr(value, "eqns") or hasattr(getattr(value, "jaxpr", None), "eqns"):
+                        stack.append(value)
+    return False
+
+
+def trace_jaxpr(jitted: Callable, *args: Any) -> Any:
+    """The program ``jitted(*args)`` traces to (the trace is kept by ``jax.jit``)."""
+    trace = getattr(jitted, "trace", None)
+    if trace is not None:
+        return trace(*args).jaxpr
+    return jax.make_jaxpr(jitted)(*args)  # pragma: no cover (older JAX)

@@ -1,0 +1,800 @@
+"""What a function reads: a key, its arrays, and the places in the user's objects holding them.
+
+``split(func)`` walks everything ``func`` can reach — closure cells, defaults, function
+attributes, the module globals its code names, ``functools.partial`` arguments, a bound
+method's ``self``, objects' attributes and slots, the methods and properties of user classes,
+dicts, lists and tuples (subclasses included) — and returns a :class:`Split`:
+
+* ``skeleton``: a hashable description of everything that is not an array. Python scalars
+  are in it by type and bit pattern (``-0.0`` and ``0.0`` differ, one NaN is one key),
+  containers by type, keys (in order) and length, sharing (an object reached twice, or a
+  cycle) by reference, and values the walk does not look into (modules, library functions
+  and objects) by identity.
+* ``leaves``: the arrays found, each once.
+* ``nodes``: the containers of this call that hold them, and the ``plan`` (in the skeleton)
+  says where: the kernel swaps tracers into exactly those places while it traces
+  (``_swap``), so the traced function is the user's own, with its identity, sharing, dict
+  order and attribute writes.
+
+A value the walk cannot describe (an object array, a structure deeper than ``MAX_DEPTH``
+or larger than ``MAX_NODES``) makes the split :class:`Uncached` with the reason, and the call
+runs op by op. Each walk also writes a guard (``_guard``) that re-checks what it read; the
+next call of the same function, or of a fresh closure of the same code, is split by the guard.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import math
+import random
+import types
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from ._guard import MISSING, Source
+
+_ARRAY_TYPES = (jax.Array, np.ndarray)
+_SCALAR_TYPES = (bool, int, float, complex, str, bytes, type(None), np.generic, np.dtype)
+_OPAQUE_TYPES = (
+    types.ModuleType,
+    types.BuiltinFunctionType,
+    types.BuiltinMethodType,
+    types.MethodWrapperType,
+    types.WrapperDescriptorType,
+    types.MethodDescriptorType,
+    types.GetSetDescriptorType,
+    types.MemberDescriptorType,
+    types.CodeType,
+    type(Ellipsis),
+    type(NotImplemented),
+    range,
+    slice,
+)
+# Functions and objects of these packages are kept by identity; their wrappers' targets and
+# their functions' closures are walked (jax.grad(f) closes over f).
+_LIBRARY_PACKAGES = frozenset(
+    {
+        "jax",
+        "jaxlib",
+        "numpy",
+        "scipy",
+        "flax",
+        "equinox",
+        "optax",
+        "builtins",
+        "abc",
+        "enum",
+        "typing",
+        "functools",
+        "collections",
+        "dataclasses",
+        "jaxhvp",
+    }
+)
+# Objects whose state is hidden from the walk and changes at every use.
+_HIDDEN_STATE_TYPES = (
+    random.Random,
+    np.random.Generator,
+    np.random.RandomState,
+    np.random.BitGenerator,
+)
+MAX_NODES = 4096  # values a walk may meet; beyond, the function runs uncached
+MAX_DEPTH = 100  # nesting a walk may follow; beyond, the function runs uncached
+_MAX_MEMO = 1024  # functions (by memo key) whose latest guards are remembered
+_GUARDS_PER_KEY = 4
+_BULK_AT = 4  # containers of at least this many arrays are checked with one test
+# Class attributes that never change what a method computes.
+_CLASS_SKIP = frozenset(
+    {
+        "__dict__",
+        "__weakref__",
+        "__module__",
+        "__doc__",
+        "__qualname__",
+        "__slots__",
+        "__annotations__",
+        "__dataclass_fields__",
+        "__dataclass_params__",
+        "__match_args__",
+        "__firstlineno__",
+        "__static_attributes__",
+        "__orig_bases__",
+        "__parameters__",
+        "_abc_impl",
+        "__abstractmethods__",
+        "__hash__",
+        "__annotate_func__",
+        "__annotations_cache__",
+    }
+)
+
+
+class Uncached(Exception):
+    """The function cannot be split; ``reason`` says why, for the warning."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Same:
+    """A value in a skeleton by identity (kept alive by the skeleton, so its id stays its own)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Same and other.value is self.value
+
+    def __hash__(self) -> int:
+        return id(self.value)
+
+    def __repr__(self) -> str:
+        return f"Same({self.value!r:.60})"
+
+
+class Skeleton:
+    """A skeleton with its hash computed once (it is part of every cache key), and the plan
+    of where its arrays go (equal skeletons have equal plans)."""
+
+    __slots__ = ("_hash", "distinct", "has_numpy", "plan", "root", "tree")
+
+    def __init__(self, tree: Any, plan: tuple, root: Any, distinct: tuple, has_numpy: bool):
+        self.tree, self.plan, self.root = tree, plan, root
+        self.distinct = distinct  # nodes that must be distinct objects (with the leaves)
+        self.has_numpy = has_numpy
+        self._hash = hash(tree)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (
+            type(other) is Skeleton and self._hash == other._hash and self.tree == other.tree
+        )
+
+
+class Split:
+    __slots__ = ("leaves", "nodes", "skeleton")
+
+    def __init__(self, skeleton: Skeleton, leaves: list, nodes: list) -> None:
+        self.skeleton, self.leaves, self.nodes = skeleton, leaves, nodes
+
+
+class Counters:
+    """How often functions were walked (their guards missed), for ``cache_info``."""
+
+    walks = 0
+
+
+_guarded: dict[Any, list[Callable]] = {}  # memo key -> guards of the latest splits, newest first
+
+
+def split(func: Any) -> Split:
+    """The split of ``func``; raises :class:`Uncached` when it cannot be described."""
+    key = _memo_key(func)
+    for guard in _guarded.get(key, ()):
+        try:
+            found = guard(func)
+        except Exception:  # e.g. a cell emptied since: the walk decides
+            continue
+        if found is not None:
+            skeleton, leaves, nodes = found
+            distinct = skeleton.distinct
+            if len(leaves) + len(distinct) > 1:  # sharing is part of the key
+                ids = {*map(id, leaves)}
+                ids.update(id(nodes[i]) for i in distinct)
+                if len(ids) != len(leaves) + len(distinct):
+                    continue
+            return Split(skeleton, leaves, nodes)
+    Counters.walks += 1
+    walker = _Walker()
+    try:
+        tree, root = walker.walk(func, Source.argument, 0)
+    except RecursionError:
+        msg = f"it reaches values nested more than {MAX_DEPTH} deep"
+        raise Uncached(msg) from None
+    skeleton = Skeleton(
+        tree,
+        tuple(walker.plan),
+        root,
+        tuple(walker.distinct),
+        any(isinstance(x, np.ndarray) for x in walker.leaves),
+    )
+    guard = walker.compile_guard(skeleton)
+    if len(_guarded) >= _MAX_MEMO:
+        _guarded.clear()
+    _guarded[key] = [guard, *_guarded.get(key, ())][:_GUARDS_PER_KEY]
+    return Split(skeleton, walker.leaves, walker.nodes)
+
+
+def forget() -> None:
+    """Drops the recorded guards (and the objects they hold)."""
+    _guarded.clear()
+
+
+def _memo_key(func: Any) -> Any:
+    """Functions of one code (fresh closures) share guards; partials and methods by target."""
+    kind = type(func)
+    if kind is types.FunctionType:
+        return func.__code__
+    if kind is types.MethodType:
+        return kind, _memo_key(func.__func__)
+    if isinstance(func, functools.partial):
+        return kind, _memo_key(func.func)
+    return kind
+
+
+def is_array(value: Any) -> bool:
+    """``isinstance(value, (jax.Array, np.ndarray))``, with a fast first test."""
+    return type(value) in _CONCRETE_ARRAY_TYPES or isinstance(value, _ARRAY_TYPES)
+
+
+_CONCRETE_ARRAY_TYPES = frozenset({type(jax.numpy.zeros(())), np.ndarray})
+
+
+def scalar_key(value: Any) -> Any:
+    """A key equal for two scalars exactly when they are the same value, bit for bit."""
+    if type(value) is float:
+        return value.hex()
+    if isinstance(value, complex):
+        return (value.real.hex(), value.imag.hex())
+    if isinstance(value, np.generic):
+        return (value.dtype.str, value.tobytes())
+    return value
+
+
+def _is_library(obj: Any) -> bool:
+    module = getattr(obj, "__module__", None)
+    if not isinstance(module, str):
+        return False
+    return module.partition(".")[0] in _LIBRARY_PACKAGES
+
+
+def _is_own(value: Any) -> bool:
+    """Objects of jaxhvp itself are walked (a batch operator's product holds the loss)."""
+    return type(value).__module__.startswith("jaxhvp.")
+
+
+def _global_names(code: types.CodeType) -> tuple[str, ...]:
+    """Names the code (and code nested in it: lambdas, comprehensions) may read as globals."""
+    known = _names_by_code.get(code)
+    if known is not None:
+        return known
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.update(_global_names(const))
+    if len(_names_by_code) >= 4096:
+        _names_by_code.clear()
+    _names_by_code[code] = result = tuple(sorted(names))
+    return result
+
+
+_names_by_code: dict[types.CodeType, tuple[str, ...]] = {}
+
+
+def _is_empty(cell: types.CellType) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018
+    except ValueError:
+        return True
+    return False
+
+
+def _float_matches(value: float) -> Callable[[str, str], str]:
+    """The guard's test that a float is ``value`` bit for bit (sign of zero, NaN)."""
+    if value != value:
+        return lambda at, _: f"{at} != {at}"
+    if value == 0.0:
+        sign = math.copysign(1.0, value)
+        return lambda at, k: f"{at} == 0.0 and COPYSIGN(1.0, {at}) == {sign!r}"
+    return lambda at, k: f"{at} == {k}"
+
+
+def _slot_names(cls: type) -> list[tuple[str, Any]]:
+    """``(name, member descriptor)`` of every ``__slots__`` entry along the class's MRO."""
+    found = []
+    for base in cls.__mro__:
+        slots = base.__dict__.get("__slots__", ())
+        for name in (slots,) if isinstance(slots, str) else slots:
+            if name in ("__dict__", "__weakref__"):
+                continue
+            descriptor = base.__dict__.get(name)
+            if isinstance(descriptor, types.MemberDescriptorType):
+                found.append((name, descriptor))
+    return found
+
+
+class _Walker:
+    """Splits one function, writing its guard (``Source``) along the way: every decision the
+    walk takes on a value is also written as a test on that value.
+
+    ``walk`` returns ``(skeleton, spec)``: ``spec`` is ``None`` when the value can stay where
+    it is while tracing (it holds no arrays, or only in places the plan swaps), else how to
+    build its stand-in from tracers (``("leaf", i)`` for an array, a rebuilt tuple, ...),
+    which the parent's plan entry puts in place.
+    """
+
+    def __init__(self) -> None:
+        self.source = Source()
+        self.leaves: list = []
+        self.leaf_exprs: list[str] = []
+        self.nodes: list = []
+        self.node_exprs: list[str] = []
+        self.plan: list[tuple] = []
+        self.distinct: list[int] = []  # nodes whose sharing matters: containers, objects
+        self.memo: dict[int, tuple[int, str]] = {}  # id -> (node index, guard variable)
+        self.leaf_memo: dict[int, tuple[int, str]] = {}
+        self.count = 0
+
+    def compile_guard(self, skeleton: Skeleton) -> Callable:
+        source = self.source
+        leaves, nodes = ", ".join(self.leaf_exprs), ", ".join(self.node_exprs)
+        return source.compile(f"{source.constant(skeleton)}, [{leaves}], [{nodes}]")
+
+    # -- helpers -------------------------------------------------------------------------
+    def _node(self, value: Any, at: str, distinct: bool = True) -> int:
+        index = len(self.nodes)
+        self.nodes.append(value)
+        self.node_exprs.append(at)
+        self.memo[id(value)] = (index, at)
+        if distinct:
+            self.distinct.append(index)
+        return index
+
+    def _forget_last_node(self, value: Any) -> None:
+        index = self.memo.pop(id(value))[0]
+        self.nodes.pop(), self.node_exprs.pop()
+        if self.distinct and self.distinct[-1] == index:
+            self.distinct.pop()
+
+    def _same(self, value: Any, at: str) -> tuple:
+        self.source.require(f"{at} is {self.source.constant(value)}")
+        return ("same", Same(value)), None
+
+    def _require_type(self, value: Any, at: str) -> None:
+        self.source.require(f"type({at}) is {self.source.constant(type(value))}")
+
+    # -- the walk ------------------------------------------------------------------------
+    def walk(self, value: Any, at: str, depth: int) -> tuple[Any, Any]:
+        self.count += 1
+        if self.count > MAX_NODES:
+            msg = f"it reads more than {MAX_NODES} Python values"
+            raise Uncached(msg)
+        if depth > MAX_DEPTH:
+            msg = f"it reaches values nested more than {MAX_DEPTH} deep"
+            raise Uncached(msg)
+        source = self.source
+        if isinstance(value, _ARRAY_TYPES):
+            return self._walk_array(value, at)
+        if isinstance(value, _SCALAR_TYPES):
+            return self._walk_scalar(value, at)
+        if isinstance(value, types.BuiltinMethodType) and is_array(value.__self__):
+            msg = "it reads a method bound to an array (such as x.sum)"
+            raise Uncached(msg)
+        if isinstance(value, _OPAQUE_TYPES) or value is MISSING:
+            return self._same(value, at)
+        seen = self.memo.get(id(value))
+        if seen is not None:
+            source.require(f"{at} is {seen[1]}")
+            return ("ref", seen[0]), None
+        if isinstance(value, (set, frozenset)):
+            return self._walk_set(value, at)
+        if isinstance(value, type):
+            return self._walk_class(value, at, depth)
+        if isinstance(value, types.FunctionType):
+            return self._walk_function(value, at, depth)
+        if isinstance(value, types.MethodType):
+            self._require_type(value, at)
+            self._node(value, at, distinct=False)
+            func, func_spec = self.walk(value.__func__, source.local(f"{at}.__func__"), depth + 1)
+            owner, owner_spec = self.walk(value.__self__, source.local(f"{at}.__self__"), depth + 1)
+            if func_spec is not None or owner_spec is not None:
+                msg = "it is a bound method of a tuple or of an array"
+                raise Uncached(msg)
+            return ("method", func, owner), None
+        if isinstance(value, functools.partial):
+            return self._walk_partial(value, at, depth)
+        if type(value) in (dict, list, tuple):
+            return self._walk_container(value, at, depth, ())
+        if isinstance(value, enum.Enum):
+            return self._same(value, at)
+        if isinstance(value, _HIDDEN_STATE_TYPES):
+            msg = f"it reads a {type(value).__name__}, whose state changes at every draw"
+            raise Uncached(msg)
+        if _is_library(type(value)) and not _is_own(value) and _is_pytree_leaf(value):
+            return self._walk_library(value, at, depth)
+        return self._walk_object(value, at, depth)
+
+    def _walk_array(self, value: Any, at: str) -> tuple:
+        source = self.source
+        seen = self.leaf_memo.get(id(value))
+        if seen is not None:
+            source.require(f"{at} is {seen[1]}")
+            return ("array", seen[0]), ("leaf", seen[0])
+        if isinstance(value, np.ndarray) and value.dtype.kind not in "biufc":
+            if value.dtype.kind == "O":
+                msg = "it reads a numpy array of Python objects"
+                raise Uncached(msg)
+            # Strings, bytes, dates: constants by value, as jax.jit would bake them.
+            data = value.tobytes()
+            source.require(
+                f"type({at}) is {source.constant(type(value))}",
+                f"{at}.dtype == {source.constant(value.dtype)}",
+                f"{at}.shape == {value.shape!r}",
+                f"{at}.tobytes() == {source.constant(data)}",
+            )
+            return ("text array", value.dtype.str, value.shape, data), None
+        source.require(f"(type({at}) in FAST_ARRAYS or IS_ARRAY({at}))")
+        index = len(self.leaves)
+        self.leaves.append(value)
+        self.leaf_exprs.append(at)
+        self.leaf_memo[id(value)] = (index, at)
+        return ("array", index), ("leaf", index)
+
+    def _walk_scalar(self, value: Any, at: str) -> tuple:
+        source = self.source
+        kind = source.constant(type(value))
+        if type(value) is float:
+            test = _float_matches(value)(at, source.constant(value))
+        elif isinstance(value, (complex, np.generic)):
+            key = source.constant(scalar_key(value))
+            test = f"SCALAR_KEY({at}) == {key}"
+        else:
+            test = f"{at} == {source.constant(value)}"
+        source.require(f"type({at}) is {kind}", test)
+        return ("const", type(value), scalar_key(value)), None
+
+    def _walk_set(self, value: Any, at: str) -> tuple:
+        if all(isinstance(x, _SCALAR_TYPES) for x in value):
+            self._require_type(value, at)
+            self.source.require(f"{at} == {self.source.constant(frozenset(value))}")
+            keys = frozenset((type(x), scalar_key(x)) for x in value)
+            return ("set", type(value), keys), None
+        return self._same(value, at)
+
+    def _walk_items(self, pairs: list, node: int, at: str, depth: int, getter: str) -> tuple:
+        """Walks ``(key, value)`` pairs of the mutable container ``node``; the plan swaps the
+        values that hold arrays. ``getter`` reads one: ``f"{getter}({at}, key)"``."""
+        source = self.source
+        values = [v for _, v in pairs]
+        if (
+            len(values) >= _BULK_AT
+            and all(isinstance(v, _ARRAY_TYPES) for v in values)
+            and all(id(v) not in self.leaf_memo for v in values)
+            and len({id(v) for v in values}) == len(values)
+            and all(isinstance(v, jax.Array) or v.dtype.kind in "biufc" for v in values)
+        ):
+            return self._walk_bulk(pairs, node, at, getter)
+        walked = []
+        for key, item in pairs:
+            key_at = source.constant(key)
+            item_at = source.local(f"{getter}({at}, {key_at}{_default(getter)})")
+            skeleton, spec = self.walk(item, item_at, depth + 1)
+            if spec is not None:
+                self.plan.append((node, "item", key, spec))
+            walked.append(skeleton)
+        return tuple(walked)
+
+    def _walk_bulk(self, pairs: list, node: int, at: str, getter: str) -> tuple:
+        """Many arrays in one container (a parameter dict): one test for all of them."""
+        source = self.source
+        keys = source.constant(tuple(k for k, _ in pairs))
+        values = source.local(f"[{getter}({at}, k{_default(getter)}) for k in {keys}]")
+        source.require(f"all(map(IS_ARRAY, {values}))")
+        first = len(self.leaves)
+        for position, (key, value) in enumerate(pairs):
+            index = first + position
+            self.leaves.append(value)
+            self.leaf_memo[id(value)] = (index, f"{values}[{position}]")
+            self.plan.append((node, "item", key, ("leaf", index)))
+        self.leaf_exprs.append(f"*{values}")
+        self.count += len(pairs)
+        return (("bulk", first, len(pairs)),)
+
+    def _walk_container(self, value: Any, at: str, depth: int, extra: tuple) -> tuple:
+        """A dict, list or tuple, or an instance of a subclass of one (then ``extra`` holds
+        the walk of its attributes)."""
+        source = self.source
+        self._require_type(value, at)
+        source.require(f"len({at}) == {len(value)}")
+        kind = type(value)
+        if isinstance(value, dict):
+            node = self._node(value, at)
+            keys = tuple(value)
+            source.require(f"tuple({at}) == {source.constant(keys)}")
+            walked = self._walk_items(list(dict.items(value)), node, at, depth, "DGET")
+            tagged = tuple((type(k), scalar_key(k)) for k in keys)
+            return ("dict", kind, tagged, walked, extra), None
+        if isinstance(value, list):
+            node = self._node(value, at)
+            pairs = list(enumerate(list.__iter__(value)))
+            walked = self._walk_items(pairs, node, at, depth, "LIST_GET")
+            return ("list", kind, walked, extra), None
+        # A tuple: immutable, so a tuple holding arrays is rebuilt around tracers.
+        children, specs = [], []
+        for i, item in enumerate(tuple.__iter__(value)):
+            skeleton, spec = self.walk(item, source.local(f"TUPLE_GET({at}, {i})"), depth + 1)
+            children.append(skeleton)
+            if spec is not None:
+                specs.append((i, spec))
+        spec = None
+        if specs:
+            index = len(self.nodes)
+            self.nodes.append(value)
+            self.node_exprs.append(at)
+            spec = ("tuple", index, tuple(specs))
+        return ("tuple", kind, tuple(children), extra), spec
+
+    def _walk_function(self, func: types.FunctionType, at: str, depth: int) -> tuple:
+        source = self.source
+        library = _is_library(func)
+        self._require_type(func, at)
+        source.require(f"{at}.__code__ is {source.constant(func.__code__)}")
+        node = self._node(func, at, distinct=False)
+        cells = ()
+        if func.__closure__:
+            closure = source.local(f"{at}.__closure__")
+            source.require(f"len({closure}) == {len(func.__closure__)}")
+            cells = tuple(
+                self._walk_cell(c, source.local(f"{closure}[{i}]"), depth)
+                for i, c in enumerate(func.__closure__)
+            )
+        else:
+            source.require(f"{at}.__closure__ is None")
+        defaults = None
+        if func.__defaults__ is None:
+            source.require(f"{at}.__defaults__ is None")
+        else:
+            defaults, spec = self.walk(
+                func.__defaults__, source.local(f"{at}.__defaults__"), depth + 1
+            )
+            if spec is not None:
+                self.plan.append((node, "attr", "__defaults__", spec))
+        kwdefaults = self._walk_optional_dict(func.__kwdefaults__, f"{at}.__kwdefaults__", depth)
+        attributes = self._walk_optional_dict(
+            func.__dict__ or None, f"{at}.__dict__ or None", depth
+        )
+        names = ()
+        if not library:  # library functions' globals are the library's
+            namespace = func.__globals__
+            source.require(f"{at}.__globals__ is {source.constant(namespace)}")
+            seen = self.memo.get(id(namespace))
+            if seen is None:
+                globals_node = self._node(namespace, source.local(f"{at}.__globals__"), False)
+                globals_at = self.node_exprs[globals_node]
+            else:
+                globals_node, globals_at = seen
+            pairs = [(n, namespace.get(n, MISSING)) for n in _global_names(func.__code__)]
+            names = self._walk_items(pairs, globals_node, globals_at, depth, "DGET")
+            names = (Same(namespace), names)
+        return ("function", func.__code__, cells, defaults, kwdefaults, attributes, names), None
+
+    def _walk_optional_dict(self, mapping: dict | None, expression: str, depth: int) -> Any:
+        source = self.source
+        if mapping is None:
+            source.require(f"({expression}) is None")
+            return None
+        return self.walk(mapping, source.local(expression), depth + 1)[0]
+
+    def _walk_cell(self, cell: types.CellType, at: str, depth: int) -> Any:
+        source = self.source
+        seen = self.memo.get(id(cell))
+        if seen is not None:
+            source.require(f"{at} is {seen[1]}")
+            return ("ref", seen[0])
+        node = self._node(cell, at)
+        if _is_empty(cell):  # a variable assigned later
+            source.require(f"IS_EMPTY({at})")
+            return ("empty",)
+        skeleton, spec = self.walk(
+            cell.cell_contents, source.local(f"{at}.cell_contents"), depth + 1
+        )
+        if spec is not None:
+            self.plan.append((node, "cell", None, spec))
+        return ("cell", skeleton)
+
+    def _walk_partial(self, value: functools.partial, at: str, depth: int) -> tuple:
+        source = self.source
+        self._require_type(value, at)
+        node = self._node(value, at)
+        func, func_spec = self.walk(value.func, source.local(f"{at}.func"), depth + 1)
+        args, args_spec = self.walk(value.args, source.local(f"{at}.args"), depth + 1)
+        keywords = self.walk(value.keywords, source.local(f"{at}.keywords"), depth + 1)[0]
+        attributes = self._walk_optional_dict(
+            value.__dict__ or None, f"{at}.__dict__ or None", depth
+        )
+        if func_spec is not None or args_spec is not None:
+            self.plan.append((node, "partial", None, (func_spec, args_spec)))
+        return ("partial", type(value), func, args, keywords, attributes), None
+
+    def _walk_class(self, cls: type, at: str, depth: int) -> tuple:
+        """A class: by identity; a user class's methods, properties and attributes are
+        walked too (a method may read globals or class attributes)."""
+        source = self.source
+        source.require(f"{at} is {source.constant(cls)}")
+        if _is_library(cls) or cls.__module__ == "builtins":
+            return ("same", Same(cls)), None
+        node = self._node(cls, at, distinct=False)
+        items = []
+        for base in cls.__mro__[1:]:  # fixed while the class is
+            if not _is_library(base):
+                items.append(self.walk(base, source.constant(base), depth + 1)[0])
+        pairs = [
+            (name, member)
+            for name, member in cls.__dict__.items()
+            if name not in _CLASS_SKIP
+            and not isinstance(member, _OPAQUE_TYPES)
+            and not (name.startswith("__") and name.endswith("__") and not callable(member))
+        ]
+        namespace = source.local(f"{at}.__dict__")
+        source.require(f"len({namespace}) == {len(cls.__dict__)}")
+        walked = []
+        for name, member in pairs:
+            member_at = source.local(f"{namespace}.get({source.constant(name)}, MISSING)")
+            if isinstance(member, (staticmethod, classmethod)):
+                self._require_type(member, member_at)
+                skeleton, spec = self.walk(
+                    member.__func__, source.local(f"{member_at}.__func__"), depth + 1
+                )
+            elif isinstance(member, property):
+                self._require_type(member, member_at)
+                skeleton = tuple(
+                    self.walk(
+                        getattr(member, part), source.local(f"{member_at}.{part}"), depth + 1
+                    )[0]
+                    for part in ("fget", "fset", "fdel")
+                )
+                spec = None
+            else:
+                skeleton, spec = self.walk(member, member_at, depth + 1)
+            if spec is not None:
+                self.plan.append((node, "class", name, spec))
+            walked.append((name, skeleton))
+        return ("class", Same(cls), tuple(items), tuple(walked)), None
+
+    def _walk_library(self, value: Any, at: str, depth: int) -> tuple:
+        """A library object other than a pytree (those are walked as user objects): by
+        identity, but what it wraps (``__wrapped__``: jax.jit of a user function, a
+        custom_jvp) is walked."""
+        skeleton = self._same(value, at)[0]
+        attributes = getattr(value, "__dict__", None)
+        if type(attributes) is dict and "__wrapped__" in attributes:
+            wrapped = self.source.local(f"{at}.__dict__.get('__wrapped__', MISSING)")
+            inner, spec = self.walk(attributes["__wrapped__"], wrapped, depth + 1)
+            if spec is not None:
+                msg = "it reads a library object that wraps arrays"
+                raise Uncached(msg)
+            return ("library", skeleton, inner), None
+        return skeleton, None
+
+    def _walk_object(self, value: Any, at: str, depth: int) -> tuple:
+        """A user object: its class (methods included), its ``__dict__`` and its slots; or,
+        for a registered pytree with neither, its flattened children."""
+        source = self.source
+        cls = type(value)
+        self._require_type(value, at)
+        cls_skeleton = self.walk(cls, source.constant(cls), depth + 1)[0]
+        if isinstance(value, (dict, list, tuple)):  # a subclass of a container
+            return self._walk_subclass(value, at, depth, cls_skeleton)
+        node = self._node(value, at)
+        attributes = getattr(value, "__dict__", None)
+        walked_dict = None
+        if type(attributes) is dict:
+            walked_dict = self.walk(attributes, source.local(f"{at}.__dict__"), depth + 1)[0]
+        slots = []
+        for name, descriptor in _slot_names(cls):
+            try:
+                item = descriptor.__get__(value, cls)
+            except AttributeError:
+                item = MISSING
+            item_at = source.local(f"SLOT_GET({source.constant(descriptor)}, {at})")
+            skeleton, spec = self.walk(item, item_at, depth + 1)
+            if spec is not None:
+                self.plan.append((node, "slot", descriptor, spec))
+            slots.append((name, skeleton))
+        if walked_dict is None and not slots:
+            return self._walk_opaque(value, at, depth, cls_skeleton)
+        return ("object", cls_skeleton, walked_dict, tuple(slots)), None
+
+    def _walk_subclass(self, value: Any, at: str, depth: int, cls_skeleton: Any) -> tuple:
+        """An instance of a dict, list or tuple subclass: its items and its attributes."""
+        attributes = getattr(value, "__dict__", None)
+        walked_dict = None
+        if type(attributes) is dict and attributes:
+            if isinstance(value, tuple):
+                msg = f"it reads a {type(value).__name__}: a tuple subclass with attributes"
+                raise Uncached(msg)
+            walked_dict = self.walk(attributes, self.source.local(f"{at}.__dict__"), depth + 1)[0]
+        elif type(attributes) is dict:
+            self.source.require(f"not {at}.__dict__")
+        return self._walk_container(value, at, depth, (cls_skeleton, walked_dict))
+
+    def _walk_opaque(self, value: Any, at: str, depth: int, cls_skeleton: Any) -> tuple:
+        """An object without attributes: a registered pytree's children are walked (and
+        rebuilt around tracers); anything else is taken by identity."""
+        source = self.source
+        children, treedef = flatten_one(value)
+        if treedef.num_nodes == 1 and treedef.num_leaves == 1:
+            self._forget_last_node(value)
+            return self._same(value, at)
+        flat = source.local(f"FLATTEN({at})")
+        source.require(f"{flat}[1] == {source.constant(treedef)}")
+        walked, specs = [], []
+        for i, child in enumerate(children):
+            skeleton, spec = self.walk(child, source.local(f"{flat}[0][{i}]"), depth + 1)
+            walked.append(skeleton)
+            if spec is not None:
+                specs.append((i, spec))
+        spec = ("tree", self.memo[id(value)][0], tuple(specs)) if specs else None
+        return ("pytree", cls_skeleton, treedef, tuple(walked)), spec
+
+
+def without_values(tree: Any) -> Any:
+    """A skeleton's tree with the Python values left out: what stays the same when only a
+    closed-over number (or string) changes from call to call."""
+    if type(tree) is not tuple:
+        return tree
+    if tree[:1] == ("const",):
+        return ("const", tree[1])
+    return tuple(map(without_values, tree))
+
+
+def describe_change(old: Any, new: Any) -> str | None:
+    """The first Python value that differs between two skeletons' trees, in words."""
+    if type(old) is not tuple or type(new) is not tuple:
+        return None
+    if old[:1] == new[:1] == ("const",) and old != new:
+        kind = new[1]
+        values = [float.fromhex(k) if kind is float else k for k in (old[2], new[2])]
+        return f"a closed-over {kind.__name__} ({values[0]!r}, then {values[1]!r})"
+    for a, b in zip(old, new):
+        found = describe_change(a, b)
+        if found:
+            return found
+    return None
+
+
+def _is_pytree_leaf(value: Any) -> bool:
+    treedef = flatten_one(value)[1]
+    return treedef.num_nodes == 1 and treedef.num_leaves == 1
+
+
+def flatten_one(value: Any) -> tuple[list, Any]:
+    return jax.tree_util.tree_flatten(value, is_leaf=lambda x: x is not value)
+
+
+Source.namespace_defaults = {
+    "IS_ARRAY": is_array,
+    "SCALAR_KEY": scalar_key,
+    "COPYSIGN": math.copysign,
+    "DGET": dict.get,
+    "FAST_ARRAYS": None,  # set below
+    "LIST_GET": list.__getitem__,
+    "TUPLE_GET": tuple.__getitem__,
+    "SLOT_GET": lambda descriptor, obj: _slot_get(descriptor, obj),
+    "IS_EMPTY": _is_empty,
+    "FLATTEN": flatten_one,
+}
+
+
+Source.namespace_defaults["FAST_ARRAYS"] = _CONCRETE_ARRAY_TYPES
+
+
+def _default(getter: str) -> str:
+    """The default argument of a guard's getter (``dict.get`` returns ``MISSING``)."""
+    return ", MISSING" if getter == "DGET" else ""
+
+
+def _slot_get(descriptor: Any, obj: Any) -> Any:
+    try:
+        return descriptor.__get__(obj, type(obj))
+    except AttributeError:
+        return MISSING
