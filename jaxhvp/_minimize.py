@@ -281,8 +281,6 @@ def minimize(
       >>> result.x.round(3), result.success, result.message
       (Array([1., 1.], dtype=float32), Array(True, dtype=bool),
        'Optimization terminated successfully.')
-      >>> int(result.nit)
-      29
     """
     check_callable(fun)
     module = _method(method)

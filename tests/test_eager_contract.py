@@ -17,6 +17,7 @@ records warnings and accepts ``UserWarning`` only (the documented uncached fallb
 import enum
 import math
 import sys
+import types
 import warnings
 
 import jax
@@ -937,3 +938,29 @@ def test_large_closed_over_buffer_reused_after_the_call(jit):
             buf[:] = 0.0  # the next batch goes into the same buffer, right after the call
             assert_trees_close(result, expected)
             buf[:] = original
+
+
+# A user module's attributes (``import config; config.W``): read afresh, as with jit=False.
+user_config = types.ModuleType("user_config")
+user_config.W, user_config.SCALE = A, 2.0
+
+
+def _module_helper(x):
+    return jnp.sum(user_config.W * x**3)
+
+
+user_config.helper = _module_helper
+
+
+def loss_reading_a_module(x):
+    return user_config.SCALE * jnp.sum(user_config.W * jnp.sin(x)) + user_config.helper(x)
+
+
+def test_user_module_attributes_are_read_at_every_call(monkeypatch):
+    answers = []
+    for w, scale in ((A, 2.0), (B, 2.0), (B, 3.0)):
+        monkeypatch.setattr(user_config, "W", w)
+        monkeypatch.setattr(user_config, "SCALE", scale)
+        answers.append(check(hvp_call(loss_reading_a_module)))
+    assert_differ(answers[0], answers[1])
+    assert_differ(answers[1], answers[2])

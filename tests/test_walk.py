@@ -22,6 +22,7 @@ def uses_global_weight(x):
 def fresh_walk(func):
     walker = _walk._Walker()
     skeleton, _ = walker.walk(func, walker.source.argument, 0)
+    skeleton = (skeleton, walker.walk_modules())
     return skeleton, walker.leaves, walker.nodes, tuple(walker.plan)
 
 

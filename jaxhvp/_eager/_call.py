@@ -25,7 +25,7 @@ from .._errors import HVPError
 from . import _walk
 from ._jax import at_top_level, calls_back, forget_traces, trace_jaxpr
 from ._store import DEFAULT_MAXSIZE, PER_SOURCE, CacheInfo, Store
-from ._swap import LOCK, Rebound, swapped
+from ._swap import LOCK, Rebound, changed, restore, snapshot, swapped
 
 STORE = Store(DEFAULT_MAXSIZE)
 _current = threading.local()  # (func, split, entry) of the call being traced on this thread
@@ -85,7 +85,9 @@ jax.tree_util.register_pytree_node(_Static, lambda s: ((), s.value), lambda v, _
 
 
 def cache_info() -> CacheInfo:
-    """Counters of the eager-call cache: hits, misses, compilations, size, walks, uncached.
+    """Counters of eager calls: kernels found and made, walks, and calls run uncached.
+
+    See :class:`jaxhvp.CacheInfo` for the fields.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -97,7 +99,7 @@ def cache_info() -> CacheInfo:
       >>> info.hits, info.misses, info.compilations, info.uncached
       (2, 1, 1, 0)
     """
-    return STORE.info(_walk.Counters.walks)
+    return STORE.info(_walk.Counters.walks, _walk.Counters.guard_misses)
 
 
 def cache_clear(maxsize: int | None = None) -> None:
@@ -113,7 +115,7 @@ def cache_clear(maxsize: int | None = None) -> None:
     with LOCK:
         STORE.clear(maxsize)
         _walk.forget()
-        _walk.Counters.walks = 0
+        _walk.Counters.walks = _walk.Counters.guard_misses = 0
         _warned.clear()
         for forget in _on_clear:
             forget()
@@ -167,6 +169,7 @@ def call(impl: Callable, options: tuple, func: Any, args: tuple, jit: bool = Tru
         entry = STORE.entries.get(key)
         fresh = entry is None
         if fresh:
+            _warn_if_narrowed(split.leaves, func)
             build = functools.partial(_build, impl, options)
             family = (impl, _source(func), _walk.without_values(split.skeleton.tree))
             entry = STORE.insert(key, family, build, None)
@@ -185,6 +188,11 @@ def call(impl: Callable, options: tuple, func: Any, args: tuple, jit: bool = Tru
             STORE.make_uncached(entry, "writes")
             return _uncached("writes", func, impl, options, args)
         except _CONCRETE_VALUE_ERRORS:
+            STORE.make_uncached(entry, "concrete values")
+            return _uncached("concrete values", func, impl, options, args)
+        except AttributeError as error:  # x.strides, x.flat: numpy's, not a tracer's
+            if "Tracer" not in str(error):
+                raise
             STORE.make_uncached(entry, "concrete values")
             return _uncached("concrete values", func, impl, options, args)
         except (HVPError, TypeError) as error:
@@ -212,19 +220,22 @@ def _build(impl: Callable, options: tuple) -> Callable:
         func, split, entry = _current.call
         STORE.count_compilation()
         _current.traced = bool(split.skeleton.plan)
-        with swapped(split.skeleton, split.nodes, leaves, func) as traced_func:
-            out = impl(traced_func, *args, *options)
+        saved = snapshot(split.nodes)
         try:
-            after = _walk.split(func)
-        except _walk.Uncached:
-            after = None
-        unchanged = after is not None and after.skeleton == split.skeleton
-        if not (unchanged and all(map(_is, after.leaves, split.leaves))):
-            msg = "it changes what it reads while it runs"
-            raise Rebound(msg)
+            with swapped(split.skeleton, split.nodes, leaves, func) as traced_func:
+                out = impl(traced_func, *args, *options)
+            if changed(saved) is not None:
+                msg = "it changes what it reads while it runs"
+                raise Rebound(msg)
+        except BaseException:
+            restore(saved)  # nothing the trace wrote (a tracer in a memo) outlives it
+            raise
         leaves_out, treedef = jax.tree_util.tree_flatten(out)
         if all(isinstance(x, jax.Array) for x in leaves_out):
             return out
+        if not all(isinstance(x, _STATIC_TYPES) for x in leaves_out):
+            msg = "it returns Python objects that are not arrays"
+            raise Rebound(msg)  # a kernel would return the first call's objects
         entry.static_outputs = True
         wrapped = [x if isinstance(x, jax.Array) else _Static(x) for x in leaves_out]
         return treedef.unflatten(wrapped)
@@ -232,8 +243,8 @@ def _build(impl: Callable, options: tuple) -> Callable:
     return jax.jit(kernel)
 
 
-def _is(a: Any, b: Any) -> bool:
-    return a is b
+# Non-array outputs a kernel may return as they were traced: immutable values.
+_STATIC_TYPES = (jax.Array, bool, int, float, complex, str, bytes, np.generic, np.dtype)
 
 
 def _is_static(x: Any) -> bool:
@@ -306,6 +317,25 @@ def _uncached(
         )
         warnings.warn(msg, stacklevel=4)
     return _direct(impl, options, func, args)
+
+
+def _warn_if_narrowed(leaves: list, func: Any) -> None:
+    """Says once when a numpy array the function reads reaches the kernel in a narrower
+    dtype (float64 as float32 without x64), as ``jax.jit`` passes arguments."""
+    for leaf in leaves:
+        if type(leaf) is np.ndarray:
+            canonical = jax.dtypes.canonicalize_dtype(leaf.dtype)
+            if canonical != leaf.dtype and (_source(func), "narrowed") not in _warned:
+                _warned.add((_source(func), "narrowed"))
+                msg = (
+                    f"jaxhvp passes the {leaf.dtype} numpy array of shape {leaf.shape} that "
+                    f"{_describe(_source(func))} reads to its kernel as {canonical}, as jax.jit "
+                    "passes arguments (JAX's x64 mode is off): numpy operations on it then "
+                    f"run in {canonical}. Convert it with jnp.asarray, enable x64, or call "
+                    "with jit=False."
+                )
+                warnings.warn(msg, stacklevel=5)
+                return
 
 
 def _why_recompiles(key: Any, family: Any) -> str:

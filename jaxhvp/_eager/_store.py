@@ -30,7 +30,9 @@ class CacheInfo(NamedTuple):
       misses: eager calls that made a new entry (a kernel, or an uncached verdict).
       compilations: traces of kernels (one per new key, argument structure, shape or dtype).
       size: entries kept; maxsize: the most kept.
-      walks: functions walked because no recorded guard accepted them.
+      walks: functions walked (a new function, or one no recorded guard accepted).
+      guard_misses: walks of functions whose recorded guards all rejected them (something
+        they read changed in kind, not just an array's value).
       uncached: eager calls run op by op instead.
       uncached_reasons: how many of those for each reason, as ``(reason, count)`` pairs.
     """
@@ -41,6 +43,7 @@ class CacheInfo(NamedTuple):
     size: int
     maxsize: int
     walks: int = 0
+    guard_misses: int = 0
     uncached: int = 0
     uncached_reasons: tuple = ()
 
@@ -114,7 +117,7 @@ class Store:
                 entry.referenced = False
                 self.entries[oldest] = entry
 
-    def info(self, walks: int) -> CacheInfo:
+    def info(self, walks: int, guard_misses: int) -> CacheInfo:
         with self._lock:
             hits = int(repr(self.hits)[len("count(") : -1])  # read without advancing
             reasons = tuple(sorted(self.reasons.items()))
@@ -125,6 +128,7 @@ class Store:
                 len(self.entries),
                 self.maxsize,
                 walks,
+                guard_misses,
                 self.uncached,
                 reasons,
             )

@@ -5,13 +5,17 @@ closure cell, an attribute or slot, a class attribute, a partial's function and 
 ``swapped`` puts each one's tracer there (a tuple holding arrays is rebuilt around its
 tracers and put in its parent's place), runs the body, checks the function left every place
 as it found it, and restores the arrays. Callers hold ``LOCK``: no other eager call sees the
-tracers meanwhile.
+tracers meanwhile. ``snapshot`` records every container a split reached, so that whatever
+a trace wrote into them (a memo dict, a counter in a cell, an attribute) can be found and
+undone: no user object keeps a tracer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -124,3 +128,104 @@ def _describe(container: Any, kind: str, key: Any) -> str:
     if kind == "class":
         return f"the class attribute {name}.{key}"
     return f"a value of {name}"
+
+
+_EMPTY = object()
+
+
+def _state(node: Any) -> Any:
+    """What a container holds, shallowly, compared by identity (``None`` for immutables)."""
+    if isinstance(node, dict):
+        return list(dict.items(node))
+    if isinstance(node, list):
+        return list(list.__iter__(node))
+    if isinstance(node, types.CellType):
+        try:
+            return node.cell_contents
+        except ValueError:
+            return _EMPTY
+    if isinstance(node, types.FunctionType):
+        return (node.__code__, node.__defaults__, node.__kwdefaults__, list(node.__dict__.items()))
+    if isinstance(node, functools.partial):
+        return (node.func, node.args, node.keywords, node.__dict__)
+    if isinstance(node, type):
+        return list(node.__dict__.items())
+    if isinstance(node, (tuple, types.MethodType, types.ModuleType)):
+        return None
+    slots = [(d, _slot_value(d, node)) for d in _slots_of(type(node))]
+    return (type(node), slots)
+
+
+def _slots_of(cls: type) -> list:
+    return [
+        d
+        for base in cls.__mro__
+        for d in base.__dict__.values()
+        if isinstance(d, types.MemberDescriptorType)
+    ]
+
+
+def _slot_value(descriptor: Any, obj: Any) -> Any:
+    try:
+        return descriptor.__get__(obj, type(obj))
+    except AttributeError:
+        return _EMPTY
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Identity, element by element, through lists and tuples of the states above."""
+    if type(a) in (list, tuple) and type(b) is type(a):
+        return len(a) == len(b) and all(map(_same, a, b))
+    return a is b
+
+
+def snapshot(nodes: list) -> list:
+    return [(node, _state(node)) for node in nodes]
+
+
+def changed(saved: list) -> Any:
+    """The first container whose contents differ from ``saved``, or ``None``."""
+    for node, state in saved:
+        if state is not None and not _same(state, _state(node)):
+            return node
+    return None
+
+
+def restore(saved: list) -> None:
+    """Puts back what every container held when ``saved`` was taken."""
+    for node, state in reversed(saved):
+        if state is None or _same(state, _state(node)):
+            continue
+        if isinstance(node, dict):
+            dict.clear(node)
+            dict.update(node, state)
+        elif isinstance(node, list):
+            list.__setitem__(node, slice(None), state)
+        elif isinstance(node, types.CellType):
+            if state is _EMPTY:
+                del node.cell_contents
+            else:
+                node.cell_contents = state
+        elif isinstance(node, types.FunctionType):
+            node.__code__, node.__defaults__, node.__kwdefaults__, attributes = state
+            node.__dict__.clear()
+            node.__dict__.update(attributes)
+        elif isinstance(node, functools.partial):
+            node.__setstate__(state)
+        elif isinstance(node, type):
+            _restore_class(node, dict(state))
+        else:
+            for descriptor, value in state[1]:
+                if value is _EMPTY:
+                    with contextlib.suppress(AttributeError):
+                        descriptor.__delete__(node)
+                else:
+                    descriptor.__set__(node, value)
+
+
+def _restore_class(cls: type, saved: dict) -> None:
+    for name in [n for n in cls.__dict__ if n not in saved]:
+        type.__delattr__(cls, name)
+    for name, value in saved.items():
+        if cls.__dict__.get(name, _EMPTY) is not value:
+            type.__setattr__(cls, name, value)

@@ -24,11 +24,14 @@ next call of the same function, or of a fresh closure of the same code, is split
 
 from __future__ import annotations
 
+import collections
+import collections.abc
 import enum
 import functools
 import math
 import random
 import types
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +42,10 @@ from ._guard import MISSING, Source
 
 _ARRAY_TYPES = (jax.Array, np.ndarray)
 _SCALAR_TYPES = (bool, int, float, complex, str, bytes, type(None), np.generic, np.dtype)
+_EXACT_SCALARS = frozenset(
+    {bool, int, float, complex, str, bytes, type(None), np.dtype}
+    | {t for t in np.sctypeDict.values() if isinstance(t, type) and issubclass(t, np.generic)}
+)
 _OPAQUE_TYPES = (
     types.ModuleType,
     types.BuiltinFunctionType,
@@ -81,7 +88,15 @@ _HIDDEN_STATE_TYPES = (
     np.random.Generator,
     np.random.RandomState,
     np.random.BitGenerator,
+    types.GeneratorType,
+    types.CoroutineType,
+    collections.abc.Iterator,  # iterators, itertools.count(), map objects: state advances
+    collections.deque,
+    weakref.ref,
+    types.MappingProxyType,
+    functools._lru_cache_wrapper,  # its cache would keep tracers
 )
+_DYNAMIC_NAMES = frozenset({"globals", "eval", "exec", "vars"})
 MAX_NODES = 4096  # values a walk may meet; beyond, the function runs uncached
 MAX_DEPTH = 100  # nesting a walk may follow; beyond, the function runs uncached
 _MAX_MEMO = 1024  # functions (by memo key) whose latest guards are remembered
@@ -168,9 +183,10 @@ class Split:
 
 
 class Counters:
-    """How often functions were walked (their guards missed), for ``cache_info``."""
+    """How often functions were walked, and how often recorded guards all rejected one."""
 
     walks = 0
+    guard_misses = 0
 
 
 _guarded: dict[Any, list[Callable]] = {}  # memo key -> guards of the latest splits, newest first
@@ -179,7 +195,8 @@ _guarded: dict[Any, list[Callable]] = {}  # memo key -> guards of the latest spl
 def split(func: Any) -> Split:
     """The split of ``func``; raises :class:`Uncached` when it cannot be described."""
     key = _memo_key(func)
-    for guard in _guarded.get(key, ()):
+    guards = _guarded.get(key, ())
+    for guard in guards:
         try:
             found = guard(func)
         except Exception:  # e.g. a cell emptied since: the walk decides
@@ -194,9 +211,11 @@ def split(func: Any) -> Split:
                     continue
             return Split(skeleton, leaves, nodes)
     Counters.walks += 1
+    Counters.guard_misses += bool(guards)
     walker = _Walker()
     try:
         tree, root = walker.walk(func, Source.argument, 0)
+        tree = (tree, walker.walk_modules())
     except RecursionError:
         msg = f"it reaches values nested more than {MAX_DEPTH} deep"
         raise Uncached(msg) from None
@@ -236,7 +255,19 @@ def is_array(value: Any) -> bool:
     return type(value) in _CONCRETE_ARRAY_TYPES or isinstance(value, _ARRAY_TYPES)
 
 
-_CONCRETE_ARRAY_TYPES = frozenset({type(jax.numpy.zeros(())), np.ndarray})
+_JAX_ARRAY = type(jax.numpy.zeros(()))
+_CONCRETE_ARRAY_TYPES = frozenset({_JAX_ARRAY, np.ndarray})
+
+
+def value_key(value: Any) -> Any:
+    """``scalar_key`` through tuples and sets, with types; ``TypeError`` for anything else."""
+    kind = type(value)
+    if kind in (tuple, frozenset, set):
+        keys = map(value_key, value)
+        return (kind, frozenset(keys) if kind is not tuple else tuple(keys))
+    if kind in _EXACT_SCALARS or isinstance(value, enum.Enum):
+        return (kind, scalar_key(value))
+    raise TypeError(kind)
 
 
 def scalar_key(value: Any) -> Any:
@@ -332,6 +363,8 @@ class _Walker:
         self.distinct: list[int] = []  # nodes whose sharing matters: containers, objects
         self.memo: dict[int, tuple[int, str]] = {}  # id -> (node index, guard variable)
         self.leaf_memo: dict[int, tuple[int, str]] = {}
+        self.modules: list[tuple[types.ModuleType, str]] = []  # user modules, walked last
+        self.code_names: set[str] = set()
         self.count = 0
 
     def compile_guard(self, skeleton: Skeleton) -> Callable:
@@ -374,11 +407,25 @@ class _Walker:
         source = self.source
         if isinstance(value, _ARRAY_TYPES):
             return self._walk_array(value, at)
-        if isinstance(value, _SCALAR_TYPES):
+        if type(value) in _EXACT_SCALARS or isinstance(value, enum.Enum):
             return self._walk_scalar(value, at)
-        if isinstance(value, types.BuiltinMethodType) and is_array(value.__self__):
-            msg = "it reads a method bound to an array (such as x.sum)"
-            raise Uncached(msg)
+        if isinstance(value, _SCALAR_TYPES):  # a subclass of a number or string
+            if getattr(value, "__dict__", None):
+                msg = f"it reads a {type(value).__name__}: a number or string with attributes"
+                raise Uncached(msg)
+            return self._walk_scalar(value, at)
+        if isinstance(value, types.BuiltinMethodType):
+            owner = value.__self__
+            if is_array(owner):
+                msg = "it reads a method bound to an array (such as x.sum)"
+                raise Uncached(msg)
+            if isinstance(owner, _HIDDEN_STATE_TYPES):
+                msg = f"it calls a method of a {type(owner).__name__}, whose state changes"
+                raise Uncached(msg)
+        if isinstance(value, types.ModuleType) and not _is_library(value):
+            self.source.require(f"{at} is {self.source.constant(value)}")
+            self.modules.append((value, at))
+            return ("module", Same(value)), None
         if isinstance(value, _OPAQUE_TYPES) or value is MISSING:
             return self._same(value, at)
         seen = self.memo.get(id(value))
@@ -407,7 +454,10 @@ class _Walker:
         if isinstance(value, enum.Enum):
             return self._same(value, at)
         if isinstance(value, _HIDDEN_STATE_TYPES):
-            msg = f"it reads a {type(value).__name__}, whose state changes at every draw"
+            msg = (
+                f"it reads a {type(value).__name__}, whose state the walk cannot see or "
+                "which changes as it is used"
+            )
             raise Uncached(msg)
         if _is_library(type(value)) and not _is_own(value) and _is_pytree_leaf(value):
             return self._walk_library(value, at, depth)
@@ -419,6 +469,9 @@ class _Walker:
         if seen is not None:
             source.require(f"{at} is {seen[1]}")
             return ("array", seen[0]), ("leaf", seen[0])
+        if isinstance(value, np.ndarray) and type(value) is not np.ndarray:
+            msg = f"it reads a {type(value).__name__} (a numpy array subclass)"
+            raise Uncached(msg)
         if isinstance(value, np.ndarray) and value.dtype.kind not in "biufc":
             if value.dtype.kind == "O":
                 msg = "it reads a numpy array of Python objects"
@@ -432,7 +485,10 @@ class _Walker:
                 f"{at}.tobytes() == {source.constant(data)}",
             )
             return ("text array", value.dtype.str, value.shape, data), None
-        source.require(f"(type({at}) in FAST_ARRAYS or IS_ARRAY({at}))")
+        if type(value) in _CONCRETE_ARRAY_TYPES:  # numpy stays numpy: it decides has_numpy
+            source.require(f"type({at}) is {source.constant(type(value))}")
+        else:
+            source.require(f"IS_ARRAY({at})")
         index = len(self.leaves)
         self.leaves.append(value)
         self.leaf_exprs.append(at)
@@ -453,12 +509,14 @@ class _Walker:
         return ("const", type(value), scalar_key(value)), None
 
     def _walk_set(self, value: Any, at: str) -> tuple:
-        if all(isinstance(x, _SCALAR_TYPES) for x in value):
-            self._require_type(value, at)
-            self.source.require(f"{at} == {self.source.constant(frozenset(value))}")
-            keys = frozenset((type(x), scalar_key(x)) for x in value)
-            return ("set", type(value), keys), None
-        return self._same(value, at)
+        """A set of values (scalars, tuples of them): in the key by value, type and bits."""
+        try:
+            key = value_key(value)
+        except TypeError:
+            msg = "it reads a set of objects"
+            raise Uncached(msg) from None
+        self.source.require(f"VALUE_KEY({at}) == {self.source.constant(key)}")
+        return ("set", key), None
 
     def _walk_items(self, pairs: list, node: int, at: str, depth: int, getter: str) -> tuple:
         """Walks ``(key, value)`` pairs of the mutable container ``node``; the plan swaps the
@@ -470,7 +528,7 @@ class _Walker:
             and all(isinstance(v, _ARRAY_TYPES) for v in values)
             and all(id(v) not in self.leaf_memo for v in values)
             and len({id(v) for v in values}) == len(values)
-            and all(isinstance(v, jax.Array) or v.dtype.kind in "biufc" for v in values)
+            and all(type(v) is _JAX_ARRAY for v in values)
         ):
             return self._walk_bulk(pairs, node, at, getter)
         walked = []
@@ -488,7 +546,7 @@ class _Walker:
         source = self.source
         keys = source.constant(tuple(k for k, _ in pairs))
         values = source.local(f"[{getter}({at}, k{_default(getter)}) for k in {keys}]")
-        source.require(f"all(map(IS_ARRAY, {values}))")
+        source.require(f"all(map(IS_JAX_ARRAY, {values}))")
         first = len(self.leaves)
         for position, (key, value) in enumerate(pairs):
             index = first + position
@@ -509,9 +567,14 @@ class _Walker:
         if isinstance(value, dict):
             node = self._node(value, at)
             keys = tuple(value)
-            source.require(f"tuple({at}) == {source.constant(keys)}")
+            source.require(
+                f"tuple({at}) == {source.constant(keys)}",
+                f"tuple(map(type, {at})) == {source.constant(tuple(map(type, keys)))}",
+            )
+            if any(type(k) in (float, complex) and not (k == k and k != 0) for k in keys):
+                source.require(f"KEY_BITS({at}) == {source.constant(_key_bits(keys))}")
             walked = self._walk_items(list(dict.items(value)), node, at, depth, "DGET")
-            tagged = tuple((type(k), scalar_key(k)) for k in keys)
+            tagged = tuple((type(k), _key_bits((k,))) for k in keys)
             return ("dict", kind, tagged, walked, extra), None
         if isinstance(value, list):
             node = self._node(value, at)
@@ -563,6 +626,9 @@ class _Walker:
             func.__dict__ or None, f"{at}.__dict__ or None", depth
         )
         names = ()
+        if not library and _DYNAMIC_NAMES.intersection(func.__code__.co_names):
+            msg = "it reads variables by name at run time (globals(), eval, exec or vars)"
+            raise Uncached(msg)
         if not library:  # library functions' globals are the library's
             namespace = func.__globals__
             source.require(f"{at}.__globals__ is {source.constant(namespace)}")
@@ -573,9 +639,27 @@ class _Walker:
             else:
                 globals_node, globals_at = seen
             pairs = [(n, namespace.get(n, MISSING)) for n in _global_names(func.__code__)]
+            self.code_names.update(_global_names(func.__code__))
             names = self._walk_items(pairs, globals_node, globals_at, depth, "DGET")
             names = (Same(namespace), names)
         return ("function", func.__code__, cells, defaults, kwdefaults, attributes, names), None
+
+    def walk_modules(self) -> tuple:
+        """The user modules met (``import config``), walked last: for the attributes that
+        any code walked may use (``config.W``: the names in its code), present or absent."""
+        source, walked, done, position = self.source, [], set(), 0
+        while position < len(self.modules):  # walking a module may meet more of them
+            module, at = self.modules[position]
+            position += 1
+            if id(module) in done:
+                continue
+            done.add(id(module))
+            namespace = module.__dict__
+            node = self._node(namespace, source.local(f"{at}.__dict__"), distinct=False)
+            names = sorted(n for n in self.code_names if not n.startswith("__"))
+            pairs = [(n, namespace.get(n, MISSING)) for n in names]
+            walked.append(self._walk_items(pairs, node, self.node_exprs[node], 0, "DGET"))
+        return tuple(walked)
 
     def _walk_optional_dict(self, mapping: dict | None, expression: str, depth: int) -> Any:
         source = self.source
@@ -604,6 +688,8 @@ class _Walker:
     def _walk_partial(self, value: functools.partial, at: str, depth: int) -> tuple:
         source = self.source
         self._require_type(value, at)
+        cls = type(value)
+        cls_skeleton = self.walk(cls, source.constant(cls), depth + 1)[0]  # a subclass's call
         node = self._node(value, at)
         func, func_spec = self.walk(value.func, source.local(f"{at}.func"), depth + 1)
         args, args_spec = self.walk(value.args, source.local(f"{at}.args"), depth + 1)
@@ -613,7 +699,7 @@ class _Walker:
         )
         if func_spec is not None or args_spec is not None:
             self.plan.append((node, "partial", None, (func_spec, args_spec)))
-        return ("partial", type(value), func, args, keywords, attributes), None
+        return ("partial", cls_skeleton, func, args, keywords, attributes), None
 
     def _walk_class(self, cls: type, at: str, depth: int) -> tuple:
         """A class: by identity; a user class's methods, properties and attributes are
@@ -624,7 +710,7 @@ class _Walker:
             return ("same", Same(cls)), None
         node = self._node(cls, at, distinct=False)
         items = []
-        for base in cls.__mro__[1:]:  # fixed while the class is
+        for base in (*cls.__mro__[1:], type(cls)):  # fixed while the class is
             if not _is_library(base):
                 items.append(self.walk(base, source.constant(base), depth + 1)[0])
         pairs = [
@@ -715,7 +801,14 @@ class _Walker:
             walked_dict = self.walk(attributes, self.source.local(f"{at}.__dict__"), depth + 1)[0]
         elif type(attributes) is dict:
             self.source.require(f"not {at}.__dict__")
-        return self._walk_container(value, at, depth, (cls_skeleton, walked_dict))
+        factory = None
+        if isinstance(value, collections.defaultdict):
+            where = self.source.local(f"{at}.default_factory")
+            factory, spec = self.walk(value.default_factory, where, depth + 1)
+            if spec is not None:
+                msg = "it reads a defaultdict whose default factory holds arrays"
+                raise Uncached(msg)
+        return self._walk_container(value, at, depth, (cls_skeleton, walked_dict, factory))
 
     def _walk_opaque(self, value: Any, at: str, depth: int, cls_skeleton: Any) -> tuple:
         """An object without attributes: a registered pytree's children are walked (and
@@ -740,10 +833,17 @@ class _Walker:
 def without_values(tree: Any) -> Any:
     """A skeleton's tree with the Python values left out: what stays the same when only a
     closed-over number (or string) changes from call to call."""
+    if type(tree) is Same:
+        return type(tree.value)
     if type(tree) is not tuple:
         return tree
-    if tree[:1] == ("const",):
+    tag = tree[:1]
+    if tag == ("const",):
         return ("const", tree[1])
+    if tag in (("set",), ("text array",)):
+        return tag
+    if tag == ("dict",):  # the keys are values too
+        return ("dict", tree[1], len(tree[2]), *map(without_values, tree[3:]))
     return tuple(map(without_values, tree))
 
 
@@ -762,6 +862,17 @@ def describe_change(old: Any, new: Any) -> str | None:
     return None
 
 
+def _key_bits(keys: Any) -> tuple:
+    """Dict keys as the skeleton holds them: values by type and bits where possible."""
+    found = []
+    for key in keys:
+        try:
+            found.append(value_key(key))
+        except TypeError:
+            found.append(Same(key))
+    return tuple(found)
+
+
 def _is_pytree_leaf(value: Any) -> bool:
     treedef = flatten_one(value)[1]
     return treedef.num_nodes == 1 and treedef.num_leaves == 1
@@ -776,16 +887,15 @@ Source.namespace_defaults = {
     "SCALAR_KEY": scalar_key,
     "COPYSIGN": math.copysign,
     "DGET": dict.get,
-    "FAST_ARRAYS": None,  # set below
     "LIST_GET": list.__getitem__,
     "TUPLE_GET": tuple.__getitem__,
     "SLOT_GET": lambda descriptor, obj: _slot_get(descriptor, obj),
     "IS_EMPTY": _is_empty,
+    "IS_JAX_ARRAY": lambda x: type(x) is _JAX_ARRAY,
+    "VALUE_KEY": value_key,
+    "KEY_BITS": _key_bits,
     "FLATTEN": flatten_one,
 }
-
-
-Source.namespace_defaults["FAST_ARRAYS"] = _CONCRETE_ARRAY_TYPES
 
 
 def _default(getter: str) -> str:
