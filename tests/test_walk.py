@@ -397,7 +397,7 @@ def test_the_fast_path_for_many_arrays_keeps_their_order_and_places():
     )
     params["w3"] = params["w4"]  # the same array twice: no longer one test for all
     assert not any(
-        g(func) is not None and len({*map(id, g(func)[1])}) == len(g(func)[1])
+        g(func) is not None and len({*map(id, g(func).leaves)}) == len(g(func).leaves)
         for g in _walk._guarded[_walk._memo_key(func)]
     )
     assert_split_is_a_fresh_walk(func)

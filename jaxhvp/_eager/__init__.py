@@ -1,7 +1,8 @@
 """Everything about eager calls, behind one entry point: :func:`call`.
 
-``_walk`` splits a function into a key and the arrays it reads (``_guard`` re-checks a split
-cheaply), ``_swap`` puts tracers into the user's objects while a kernel traces, ``_store``
+``_walk`` splits a function into a key and the arrays it reads (``_values`` sorts the values
+it meets, ``_guard`` re-checks a split cheaply), ``_swap`` puts tracers into the user's
+objects while a kernel traces and undoes what a trace wrote, ``_store``
 keeps the compiled kernels within one bound, ``_auto`` decides ``mode="auto"``, and ``_jax``
 is the only module that reads JAX internals.
 """
@@ -15,7 +16,7 @@ from ._call import cache_info as cache_info
 from ._call import call as call
 from ._call import is_eager as is_eager
 from ._store import CacheInfo as CacheInfo
-from ._walk import is_array as is_array
+from ._values import is_array as is_array
 
 __all__ = [
     "AUTO_OPERATOR",

@@ -39,7 +39,7 @@ class Fastest(_call.PerSignature):
         of the operator for ``hessian_operator``).
     """
 
-    default = fwd_rev
+    default = staticmethod(fwd_rev)
 
     def __init__(self, timed: Callable[[Any], Any]) -> None:
         self.timed = timed

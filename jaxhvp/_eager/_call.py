@@ -13,7 +13,7 @@ outer trace (the user's ``jit``, ``vmap``, ``grad``) nothing is cached: the call
 from __future__ import annotations
 
 import functools
-import threading
+import types
 import warnings
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -22,13 +22,14 @@ import jax
 import numpy as np
 
 from .._errors import HVPError
-from . import _walk
+from . import _values, _walk
 from ._jax import at_top_level, calls_back, forget_traces, trace_jaxpr
 from ._store import DEFAULT_MAXSIZE, PER_SOURCE, CacheInfo, Store
 from ._swap import LOCK, Rebound, changed, restore, snapshot, swapped
 
 STORE = Store(DEFAULT_MAXSIZE)
-_current = threading.local()  # (func, split, entry) of the call being traced on this thread
+# (func, split, entry) of the call in flight: calls hold LOCK, so one at a time.
+_current = types.SimpleNamespace(call=None)
 _JAX_ARRAY_TYPES = frozenset({type(jax.numpy.zeros(()))})
 
 # Errors of Python code that needs a concrete value where the kernel has a tracer.
@@ -140,7 +141,7 @@ def _eagerness(args: tuple) -> int:
     for arg in args:
         if type(arg) not in _JAX_ARRAY_TYPES:
             leaves = jax.tree_util.tree_leaves(args)
-            if not (leaves and all(map(_walk.is_array, leaves))):
+            if not (leaves and all(map(_values.is_array, leaves))):
                 return _TRACED
             return _WITH_NUMPY if any(type(x) is np.ndarray for x in leaves) else _JAX_ONLY
     return _JAX_ONLY
@@ -160,51 +161,58 @@ def call(impl: Callable, options: tuple, func: Any, args: tuple, jit: bool = Tru
             split = _walk.split(func)
         except _walk.Uncached as uncached:
             return _uncached(uncached.reason, func, impl, options, args)
-        deferred = _DEFERRED.get(options)
-        if deferred is None:
-            deferred = _DEFERRED[options] = any(isinstance(o, PerSignature) for o in options)
-        if deferred:
-            return _call_deciding(impl, options, func, args, split)
-        key = (impl, options, split.skeleton)
-        entry = STORE.entries.get(key)
-        fresh = entry is None
-        if fresh:
-            _warn_if_narrowed(split.leaves, func)
-            build = functools.partial(_build, impl, options)
-            family = (impl, _source(func), _walk.without_values(split.skeleton.tree))
-            entry = STORE.insert(key, family, build, None)
-        else:
-            entry.referenced = True
-            next(STORE.hits)
-        if entry.kernel is None:
-            return _uncached(entry.reason, func, impl, options, args, (key, entry.family))
-        _current.call = (func, split, entry)
-        try:
-            if fresh and calls_back(trace_jaxpr(entry.kernel, args, split.leaves)):
-                STORE.make_uncached(entry, "callbacks")
-                return _uncached("callbacks", func, impl, options, args)
-            out = entry.kernel(args, split.leaves)
-        except Rebound:
-            STORE.make_uncached(entry, "writes")
-            return _uncached("writes", func, impl, options, args)
-        except _CONCRETE_VALUE_ERRORS:
-            STORE.make_uncached(entry, "concrete values")
-            return _uncached("concrete values", func, impl, options, args)
-        except AttributeError as error:  # x.strides, x.flat: numpy's, not a tracer's
-            if "Tracer" not in str(error):
-                raise
-            STORE.make_uncached(entry, "concrete values")
-            return _uncached("concrete values", func, impl, options, args)
-        except (HVPError, TypeError) as error:
-            # Raised while tracing: drop the note jax.jit adds about its own frames, so the
-            # error reads as it does eagerly.
-            notes = getattr(error, "__notes__", [])
-            notes[:] = [n for n in notes if "JAX has removed its internal frames" not in n]
+        return _run(impl, options, func, args, split, eagerness)
+
+
+def _run(impl: Callable, options: tuple, func: Any, args: tuple, split: Any, eagerness: int):
+    """The eager call of ``func``, split: its kernel, made if new (callers hold ``LOCK``)."""
+    key = (impl, options, split.skeleton)
+    entry = STORE.entries.get(key)
+    fresh = entry is None
+    if fresh:
+        if any(isinstance(o, PerSignature) for o in options):  # mode="auto": measure first
+            _decided(impl, options, func, args, split.skeleton, split.leaves, measure=True)
+        _warn_if_narrowed(split.leaves, func)
+        build = functools.partial(_build, impl, options)
+        family = (impl, _source(func), _values.without_values(split.skeleton.tree))
+        entry = STORE.insert(key, family, build, None)
+    else:
+        entry.referenced = True
+        next(STORE.hits)
+    if entry.kernel is None:
+        return _uncached(entry.reason, func, impl, options, args, (key, entry.family))
+    _current.call = (func, split, entry)
+    traces = STORE.compilations
+    try:
+        if fresh and calls_back(trace_jaxpr(entry.kernel, args, split.leaves)):
+            STORE.make_uncached(entry, "callbacks")
+            return _uncached("callbacks", func, impl, options, args)
+        out = entry.kernel(args, split.leaves)
+    except Rebound:
+        STORE.make_uncached(entry, "writes")
+        return _uncached("writes", func, impl, options, args)
+    except _CONCRETE_VALUE_ERRORS:
+        STORE.make_uncached(entry, "concrete values")
+        return _uncached("concrete values", func, impl, options, args)
+    except AttributeError as error:  # x.strides, x.flat: numpy's, not a tracer's
+        if "Tracer" not in str(error):
             raise
-        finally:
-            _current.call = None
-            if _current.__dict__.pop("traced", False):
-                forget_traces()  # the traces JAX cached while tracers stood in user objects
+        STORE.make_uncached(entry, "concrete values")
+        return _uncached("concrete values", func, impl, options, args)
+    except (HVPError, TypeError) as error:
+        # Raised while tracing: drop the note jax.jit adds about its own frames, so the
+        # error reads as it does eagerly.
+        notes = getattr(error, "__notes__", [])
+        notes[:] = [n for n in notes if "JAX has removed its internal frames" not in n]
+        raise
+    finally:
+        _current.call = None
+        if STORE.compilations != traces and split.skeleton.plan:
+            forget_traces()  # the traces JAX cached while tracers stood in user objects
+    if entry.undecided:  # a new signature of mode="auto": measure, then trace it again
+        entry.undecided = False
+        _decided(impl, options, func, args, split.skeleton, split.leaves, measure=True)
+        STORE.replace_kernel(entry, _build(impl, options))
     if entry.static_outputs:
         out = jax.tree_util.tree_map(_unwrap, out, is_leaf=_is_static)
     if eagerness == _WITH_NUMPY or split.skeleton.has_numpy:
@@ -212,18 +220,20 @@ def call(impl: Callable, options: tuple, func: Any, args: tuple, jit: bool = Tru
     return out
 
 
-_DEFERRED: dict[tuple, bool] = {}
-
-
 def _build(impl: Callable, options: tuple) -> Callable:
     def kernel(args: tuple, leaves: list) -> Any:
         func, split, entry = _current.call
         STORE.count_compilation()
-        _current.traced = bool(split.skeleton.plan)
+        if any(isinstance(o, PerSignature) for o in options):
+            decided = _decided(impl, options, func, args, split.skeleton, leaves, measure=False)
+            entry.undecided = decided is None
+            options_now = decided or _defaults(options)
+        else:
+            options_now = options
         saved = snapshot(split.nodes)
         try:
             with swapped(split.skeleton, split.nodes, leaves, func) as traced_func:
-                out = impl(traced_func, *args, *options)
+                out = impl(traced_func, *args, *options_now)
             if changed(saved) is not None:
                 msg = "it changes what it reads while it runs"
                 raise Rebound(msg)
@@ -263,38 +273,54 @@ def _direct(impl: Callable, options: tuple, func: Any, args: tuple) -> Any:
             split = _walk.split(func)
         except _walk.Uncached:
             split = None
-        options = _decided(impl, options, args, split, measure=None)
+        skeleton, leaves = (split.skeleton, split.leaves) if split else (None, [])
+        decided = _decided(impl, options, func, args, skeleton, leaves, measure=False)
+        options = decided or _defaults(options)
     out = impl(func, *args, *options)
     if at_top_level():
         jax.block_until_ready(out)
     return out
 
 
-def _call_deciding(impl: Callable, options: tuple, func: Any, args: tuple, split: Any) -> Any:
-    def measure(option: PerSignature, signature: Hashable) -> None:
-        def run(value: Any) -> Any:
-            return call(impl, tuple(value if o is option else o for o in options), func, args)
-
-        option.measure(signature, run)
-
-    return call(impl, _decided(impl, options, args, split, measure), func, args)
-
-
-def _decided(impl: Callable, options: tuple, args: tuple, split: Any, measure: Any) -> tuple:
-    """``options`` with each ``PerSignature`` option decided for this call's signature."""
-    leaves = jax.tree_util.tree_leaves(args) + (split.leaves if split else [])
-    shapes = tuple((np.shape(x), getattr(x, "dtype", type(x))) for x in leaves)
-    signature = ((impl, options, split.skeleton if split else None), shapes)
+def _decided(
+    impl: Callable,
+    options: tuple,
+    func: Any,
+    args: tuple,
+    skeleton: Any,
+    leaves: list,
+    measure: bool,
+) -> tuple | None:
+    """``options`` with each ``PerSignature`` option decided for this call's signature (the
+    key and the shapes and dtypes of the arrays), measured on this call's arguments if
+    ``measure``; ``None`` while one is undecided."""
+    leaves = [*jax.tree_util.tree_leaves(args), *leaves]
+    try:
+        shapes = tuple([(x.shape, x.dtype) for x in leaves])
+    except AttributeError:  # Python numbers under an outer trace
+        shapes = tuple((np.shape(x), type(x)) for x in leaves)
+    signature = ((impl, options, skeleton), shapes)
     decided = []
     for option in options:
         if isinstance(option, PerSignature):
             value = option.decide(signature)
-            if value is None and measure is not None:
-                measure(option, signature)
+            if value is None and measure:
+
+                def run(value: Any, option: PerSignature = option) -> Any:
+                    chosen = tuple(value if o is option else o for o in options)
+                    return call(impl, chosen, func, args)
+
+                option.measure(signature, run)
                 value = option.decide(signature)
-            option = option.default if value is None else value
+            if value is None:
+                return None
+            option = value
         decided.append(option)
     return tuple(decided)
+
+
+def _defaults(options: tuple) -> tuple:
+    return tuple(o.default if isinstance(o, PerSignature) else o for o in options)
 
 
 _warned: set = set()
@@ -340,7 +366,7 @@ def _warn_if_narrowed(leaves: list, func: Any) -> None:
 
 def _why_recompiles(key: Any, family: Any) -> str:
     last = STORE.last_key.get(family)
-    change = last and _walk.describe_change(last[2].tree, key[2].tree)
+    change = last and _values.describe_change(last[2].tree, key[2].tree)
     return (
         f"{PER_SOURCE} kernels were compiled for it already, because "
         f"{change or 'a Python value it reads'} changes from call to call and each value is "

@@ -45,7 +45,19 @@ class Source:
 
     def compile(self, result: str) -> Callable:
         """The guard: ``None`` unless every requirement holds, else ``result``."""
-        body = "".join(f"\n    {line}" for line in [*self.lines, f"return {result}"])
+        body = "".join(f"\n    {line}" for line in [*_merged(self.lines), f"return {result}"])
         text = f"def guard({self.argument}):{body}\n"
         exec(compile(text, "<jaxhvp guard>", "exec"), self.namespace)
         return self.namespace.pop("guard")
+
+
+def _merged(lines: list[str]) -> list[str]:
+    """Consecutive requirements as one test (fewer jumps in the guard)."""
+    merged: list[str] = []
+    prefix, suffix = "if not (", "): return None"
+    for line in lines:
+        if merged and line.startswith(prefix) and merged[-1].startswith(prefix):
+            merged[-1] = f"{merged[-1][: -len(suffix)]} and {line[len(prefix) :]}"
+        else:
+            merged.append(line)
+    return merged

@@ -49,7 +49,7 @@ class CacheInfo(NamedTuple):
 
 
 class Entry:
-    __slots__ = ("family", "kernel", "reason", "referenced", "static_outputs")
+    __slots__ = ("family", "kernel", "reason", "referenced", "static_outputs", "undecided")
 
     def __init__(self, kernel: Callable | None, reason: str | None, family: Any) -> None:
         self.kernel = kernel  # None: runs uncached, for ``reason``
@@ -57,6 +57,7 @@ class Entry:
         self.family = family
         self.referenced = False
         self.static_outputs = False  # the kernel returns non-array values (see _call)
+        self.undecided = False  # traced for a signature whose mode="auto" is not measured
 
 
 class Store:
@@ -95,6 +96,10 @@ class Store:
             self.entries[key] = entry
             self._evict()
             return entry
+
+    def replace_kernel(self, entry: Entry, kernel: Callable) -> None:
+        with self._lock:
+            entry.kernel = kernel
 
     def make_uncached(self, entry: Entry, reason: str) -> None:
         with self._lock:

@@ -29,103 +29,44 @@ import collections.abc
 import enum
 import functools
 import math
-import random
 import types
-import weakref
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import numpy as np
 
 from ._guard import MISSING, Source
+from ._values import (
+    ARRAY_TYPES,
+    CLASS_SKIP,
+    CONCRETE_ARRAY_TYPES,
+    DYNAMIC_NAMES,
+    EXACT_SCALARS,
+    HIDDEN_STATE_TYPES,
+    JAX_ARRAY,
+    OPAQUE_TYPES,
+    SCALAR_TYPES,
+    Same,
+    by_identity,
+    flatten_one,
+    float_matches,
+    global_names,
+    is_array,
+    is_empty,
+    is_library,
+    is_own,
+    is_pytree_leaf,
+    key_bits,
+    scalar_key,
+    slot_names,
+    value_key,
+)
 
-_ARRAY_TYPES = (jax.Array, np.ndarray)
-_SCALAR_TYPES = (bool, int, float, complex, str, bytes, type(None), np.generic, np.dtype)
-_EXACT_SCALARS = frozenset(
-    {bool, int, float, complex, str, bytes, type(None), np.dtype}
-    | {t for t in np.sctypeDict.values() if isinstance(t, type) and issubclass(t, np.generic)}
-)
-_OPAQUE_TYPES = (
-    types.ModuleType,
-    types.BuiltinFunctionType,
-    types.BuiltinMethodType,
-    types.MethodWrapperType,
-    types.WrapperDescriptorType,
-    types.MethodDescriptorType,
-    types.GetSetDescriptorType,
-    types.MemberDescriptorType,
-    types.CodeType,
-    type(Ellipsis),
-    type(NotImplemented),
-    range,
-    slice,
-)
-# Functions and objects of these packages are kept by identity; their wrappers' targets and
-# their functions' closures are walked (jax.grad(f) closes over f).
-_LIBRARY_PACKAGES = frozenset(
-    {
-        "jax",
-        "jaxlib",
-        "numpy",
-        "scipy",
-        "flax",
-        "equinox",
-        "optax",
-        "builtins",
-        "abc",
-        "enum",
-        "typing",
-        "functools",
-        "collections",
-        "dataclasses",
-        "jaxhvp",
-    }
-)
-# Objects whose state is hidden from the walk and changes at every use.
-_HIDDEN_STATE_TYPES = (
-    random.Random,
-    np.random.Generator,
-    np.random.RandomState,
-    np.random.BitGenerator,
-    types.GeneratorType,
-    types.CoroutineType,
-    collections.abc.Iterator,  # iterators, itertools.count(), map objects: state advances
-    collections.deque,
-    weakref.ref,
-    types.MappingProxyType,
-    functools._lru_cache_wrapper,  # its cache would keep tracers
-)
-_DYNAMIC_NAMES = frozenset({"globals", "eval", "exec", "vars"})
 MAX_NODES = 4096  # values a walk may meet; beyond, the function runs uncached
 MAX_DEPTH = 100  # nesting a walk may follow; beyond, the function runs uncached
 _MAX_MEMO = 1024  # functions (by memo key) whose latest guards are remembered
 _GUARDS_PER_KEY = 4
 _BULK_AT = 4  # containers of at least this many arrays are checked with one test
-# Class attributes that never change what a method computes.
-_CLASS_SKIP = frozenset(
-    {
-        "__dict__",
-        "__weakref__",
-        "__module__",
-        "__doc__",
-        "__qualname__",
-        "__slots__",
-        "__annotations__",
-        "__dataclass_fields__",
-        "__dataclass_params__",
-        "__match_args__",
-        "__firstlineno__",
-        "__static_attributes__",
-        "__orig_bases__",
-        "__parameters__",
-        "_abc_impl",
-        "__abstractmethods__",
-        "__hash__",
-        "__annotate_func__",
-        "__annotations_cache__",
-    }
-)
 
 
 class Uncached(Exception):
@@ -136,34 +77,14 @@ class Uncached(Exception):
         self.reason = reason
 
 
-class Same:
-    """A value in a skeleton by identity (kept alive by the skeleton, so its id stays its own)."""
-
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-    def __eq__(self, other: object) -> bool:
-        return type(other) is Same and other.value is self.value
-
-    def __hash__(self) -> int:
-        return id(self.value)
-
-    def __repr__(self) -> str:
-        return f"Same({self.value!r:.60})"
-
-
 class Skeleton:
     """A skeleton with its hash computed once (it is part of every cache key), and the plan
     of where its arrays go (equal skeletons have equal plans)."""
 
-    __slots__ = ("_hash", "distinct", "has_numpy", "plan", "root", "tree")
+    __slots__ = ("_hash", "has_numpy", "plan", "root", "tree")
 
-    def __init__(self, tree: Any, plan: tuple, root: Any, distinct: tuple, has_numpy: bool):
-        self.tree, self.plan, self.root = tree, plan, root
-        self.distinct = distinct  # nodes that must be distinct objects (with the leaves)
-        self.has_numpy = has_numpy
+    def __init__(self, tree: Any, plan: tuple, root: Any, has_numpy: bool) -> None:
+        self.tree, self.plan, self.root, self.has_numpy = tree, plan, root, has_numpy
         self._hash = hash(tree)
 
     def __hash__(self) -> int:
@@ -202,20 +123,14 @@ def split(func: Any) -> Split:
         except Exception:  # e.g. a cell emptied since: the walk decides
             continue
         if found is not None:
-            skeleton, leaves, nodes = found
-            distinct = skeleton.distinct
-            if len(leaves) + len(distinct) > 1:  # sharing is part of the key
-                ids = {*map(id, leaves)}
-                ids.update(id(nodes[i]) for i in distinct)
-                if len(ids) != len(leaves) + len(distinct):
-                    continue
-            return Split(skeleton, leaves, nodes)
+            return found
     Counters.walks += 1
     Counters.guard_misses += bool(guards)
     walker = _Walker()
     try:
         tree, root = walker.walk(func, Source.argument, 0)
         tree = (tree, walker.walk_modules())
+        walker.check_library_modules()
     except RecursionError:
         msg = f"it reaches values nested more than {MAX_DEPTH} deep"
         raise Uncached(msg) from None
@@ -223,7 +138,6 @@ def split(func: Any) -> Split:
         tree,
         tuple(walker.plan),
         root,
-        tuple(walker.distinct),
         any(isinstance(x, np.ndarray) for x in walker.leaves),
     )
     guard = walker.compile_guard(skeleton)
@@ -250,99 +164,6 @@ def _memo_key(func: Any) -> Any:
     return kind
 
 
-def is_array(value: Any) -> bool:
-    """``isinstance(value, (jax.Array, np.ndarray))``, with a fast first test."""
-    return type(value) in _CONCRETE_ARRAY_TYPES or isinstance(value, _ARRAY_TYPES)
-
-
-_JAX_ARRAY = type(jax.numpy.zeros(()))
-_CONCRETE_ARRAY_TYPES = frozenset({_JAX_ARRAY, np.ndarray})
-
-
-def value_key(value: Any) -> Any:
-    """``scalar_key`` through tuples and sets, with types; ``TypeError`` for anything else."""
-    kind = type(value)
-    if kind in (tuple, frozenset, set):
-        keys = map(value_key, value)
-        return (kind, frozenset(keys) if kind is not tuple else tuple(keys))
-    if kind in _EXACT_SCALARS or isinstance(value, enum.Enum):
-        return (kind, scalar_key(value))
-    raise TypeError(kind)
-
-
-def scalar_key(value: Any) -> Any:
-    """A key equal for two scalars exactly when they are the same value, bit for bit."""
-    if type(value) is float:
-        return value.hex()
-    if isinstance(value, complex):
-        return (value.real.hex(), value.imag.hex())
-    if isinstance(value, np.generic):
-        return (value.dtype.str, value.tobytes())
-    return value
-
-
-def _is_library(obj: Any) -> bool:
-    module = getattr(obj, "__module__", None)
-    if not isinstance(module, str):
-        return False
-    return module.partition(".")[0] in _LIBRARY_PACKAGES
-
-
-def _is_own(value: Any) -> bool:
-    """Objects of jaxhvp itself are walked (a batch operator's product holds the loss)."""
-    return type(value).__module__.startswith("jaxhvp.")
-
-
-def _global_names(code: types.CodeType) -> tuple[str, ...]:
-    """Names the code (and code nested in it: lambdas, comprehensions) may read as globals."""
-    known = _names_by_code.get(code)
-    if known is not None:
-        return known
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names.update(_global_names(const))
-    if len(_names_by_code) >= 4096:
-        _names_by_code.clear()
-    _names_by_code[code] = result = tuple(sorted(names))
-    return result
-
-
-_names_by_code: dict[types.CodeType, tuple[str, ...]] = {}
-
-
-def _is_empty(cell: types.CellType) -> bool:
-    try:
-        cell.cell_contents  # noqa: B018
-    except ValueError:
-        return True
-    return False
-
-
-def _float_matches(value: float) -> Callable[[str, str], str]:
-    """The guard's test that a float is ``value`` bit for bit (sign of zero, NaN)."""
-    if value != value:
-        return lambda at, _: f"{at} != {at}"
-    if value == 0.0:
-        sign = math.copysign(1.0, value)
-        return lambda at, k: f"{at} == 0.0 and COPYSIGN(1.0, {at}) == {sign!r}"
-    return lambda at, k: f"{at} == {k}"
-
-
-def _slot_names(cls: type) -> list[tuple[str, Any]]:
-    """``(name, member descriptor)`` of every ``__slots__`` entry along the class's MRO."""
-    found = []
-    for base in cls.__mro__:
-        slots = base.__dict__.get("__slots__", ())
-        for name in (slots,) if isinstance(slots, str) else slots:
-            if name in ("__dict__", "__weakref__"):
-                continue
-            descriptor = base.__dict__.get(name)
-            if isinstance(descriptor, types.MemberDescriptorType):
-                found.append((name, descriptor))
-    return found
-
-
 class _Walker:
     """Splits one function, writing its guard (``Source``) along the way: every decision the
     walk takes on a value is also written as a test on that value.
@@ -364,13 +185,26 @@ class _Walker:
         self.memo: dict[int, tuple[int, str]] = {}  # id -> (node index, guard variable)
         self.leaf_memo: dict[int, tuple[int, str]] = {}
         self.modules: list[tuple[types.ModuleType, str]] = []  # user modules, walked last
+        self.library_modules: list[types.ModuleType] = []  # only checked for random draws
         self.code_names: set[str] = set()
         self.count = 0
 
     def compile_guard(self, skeleton: Skeleton) -> Callable:
         source = self.source
         leaves, nodes = ", ".join(self.leaf_exprs), ", ".join(self.node_exprs)
-        return source.compile(f"{source.constant(skeleton)}, [{leaves}], [{nodes}]")
+        # Sharing is part of the key: the arrays and containers must be as many objects.
+        distinct = [self.node_exprs[i] for i in self.distinct]
+        ids = [f"*map(id, {e[1:]})" if e.startswith("*") else f"id({e})" for e in self.leaf_exprs]
+        ids += [f"id({e})" for e in distinct]
+        count = len(self.leaves) + len(distinct)
+        singles = [e for e in self.leaf_exprs if not e.startswith("*")] + distinct
+        if count > 1 and len(singles) == count and count <= 4:  # a few: pairwise
+            pairs = [f"{a} is not {b}" for i, a in enumerate(singles) for b in singles[i + 1 :]]
+            source.require(*pairs)
+        elif count > 1:
+            source.require(f"len({{{', '.join(ids)}}}) == {count}")
+        split = source.constant(Split)
+        return source.compile(f"{split}({source.constant(skeleton)}, [{leaves}], [{nodes}])")
 
     # -- helpers -------------------------------------------------------------------------
     def _node(self, value: Any, at: str, distinct: bool = True) -> int:
@@ -405,11 +239,11 @@ class _Walker:
             msg = f"it reaches values nested more than {MAX_DEPTH} deep"
             raise Uncached(msg)
         source = self.source
-        if isinstance(value, _ARRAY_TYPES):
+        if isinstance(value, ARRAY_TYPES):
             return self._walk_array(value, at)
-        if type(value) in _EXACT_SCALARS or isinstance(value, enum.Enum):
+        if type(value) in EXACT_SCALARS or isinstance(value, enum.Enum):
             return self._walk_scalar(value, at)
-        if isinstance(value, _SCALAR_TYPES):  # a subclass of a number or string
+        if isinstance(value, SCALAR_TYPES):  # a subclass of a number or string
             if getattr(value, "__dict__", None):
                 msg = f"it reads a {type(value).__name__}: a number or string with attributes"
                 raise Uncached(msg)
@@ -419,14 +253,17 @@ class _Walker:
             if is_array(owner):
                 msg = "it reads a method bound to an array (such as x.sum)"
                 raise Uncached(msg)
-            if isinstance(owner, _HIDDEN_STATE_TYPES):
+            if isinstance(owner, HIDDEN_STATE_TYPES):
                 msg = f"it calls a method of a {type(owner).__name__}, whose state changes"
                 raise Uncached(msg)
-        if isinstance(value, types.ModuleType) and not _is_library(value):
+        if isinstance(value, types.ModuleType):
             self.source.require(f"{at} is {self.source.constant(value)}")
-            self.modules.append((value, at))
+            if is_library(value):
+                self.library_modules.append(value)
+            else:
+                self.modules.append((value, at))
             return ("module", Same(value)), None
-        if isinstance(value, _OPAQUE_TYPES) or value is MISSING:
+        if isinstance(value, OPAQUE_TYPES) or value is MISSING:
             return self._same(value, at)
         seen = self.memo.get(id(value))
         if seen is not None:
@@ -453,13 +290,13 @@ class _Walker:
             return self._walk_container(value, at, depth, ())
         if isinstance(value, enum.Enum):
             return self._same(value, at)
-        if isinstance(value, _HIDDEN_STATE_TYPES):
+        if isinstance(value, HIDDEN_STATE_TYPES):
             msg = (
                 f"it reads a {type(value).__name__}, whose state the walk cannot see or "
                 "which changes as it is used"
             )
             raise Uncached(msg)
-        if _is_library(type(value)) and not _is_own(value) and _is_pytree_leaf(value):
+        if is_library(type(value)) and not is_own(value) and is_pytree_leaf(value):
             return self._walk_library(value, at, depth)
         return self._walk_object(value, at, depth)
 
@@ -485,7 +322,7 @@ class _Walker:
                 f"{at}.tobytes() == {source.constant(data)}",
             )
             return ("text array", value.dtype.str, value.shape, data), None
-        if type(value) in _CONCRETE_ARRAY_TYPES:  # numpy stays numpy: it decides has_numpy
+        if type(value) in CONCRETE_ARRAY_TYPES:  # numpy stays numpy: it decides has_numpy
             source.require(f"type({at}) is {source.constant(type(value))}")
         else:
             source.require(f"IS_ARRAY({at})")
@@ -499,7 +336,7 @@ class _Walker:
         source = self.source
         kind = source.constant(type(value))
         if type(value) is float:
-            test = _float_matches(value)(at, source.constant(value))
+            test = float_matches(value)(at, source.constant(value))
         elif isinstance(value, (complex, np.generic)):
             key = source.constant(scalar_key(value))
             test = f"SCALAR_KEY({at}) == {key}"
@@ -525,16 +362,18 @@ class _Walker:
         values = [v for _, v in pairs]
         if (
             len(values) >= _BULK_AT
-            and all(isinstance(v, _ARRAY_TYPES) for v in values)
+            and all(isinstance(v, ARRAY_TYPES) for v in values)
             and all(id(v) not in self.leaf_memo for v in values)
             and len({id(v) for v in values}) == len(values)
-            and all(type(v) is _JAX_ARRAY for v in values)
+            and all(type(v) is JAX_ARRAY for v in values)
         ):
             return self._walk_bulk(pairs, node, at, getter)
         walked = []
         for key, item in pairs:
             key_at = source.constant(key)
-            item_at = source.local(f"{getter}({at}, {key_at}{_default(getter)})")
+            item_at = f"{getter}({at}, {key_at}{_default(getter)})"
+            if not by_identity(item):  # read more than once: held in a variable
+                item_at = source.local(item_at)
             skeleton, spec = self.walk(item, item_at, depth + 1)
             if spec is not None:
                 self.plan.append((node, "item", key, spec))
@@ -567,14 +406,14 @@ class _Walker:
         if isinstance(value, dict):
             node = self._node(value, at)
             keys = tuple(value)
-            source.require(
-                f"tuple({at}) == {source.constant(keys)}",
-                f"tuple(map(type, {at})) == {source.constant(tuple(map(type, keys)))}",
-            )
+            source.require(f"tuple({at}) == {source.constant(keys)}")
+            if any(type(k) is not str for k in keys):  # 1, 1.0 and True are equal keys
+                types_ = source.constant(tuple(map(type, keys)))
+                source.require(f"tuple(map(type, {at})) == {types_}")
             if any(type(k) in (float, complex) and not (k == k and k != 0) for k in keys):
-                source.require(f"KEY_BITS({at}) == {source.constant(_key_bits(keys))}")
+                source.require(f"KEY_BITS({at}) == {source.constant(key_bits(keys))}")
             walked = self._walk_items(list(dict.items(value)), node, at, depth, "DGET")
-            tagged = tuple((type(k), _key_bits((k,))) for k in keys)
+            tagged = tuple((type(k), key_bits((k,))) for k in keys)
             return ("dict", kind, tagged, walked, extra), None
         if isinstance(value, list):
             node = self._node(value, at)
@@ -598,7 +437,7 @@ class _Walker:
 
     def _walk_function(self, func: types.FunctionType, at: str, depth: int) -> tuple:
         source = self.source
-        library = _is_library(func)
+        library = is_library(func)
         self._require_type(func, at)
         source.require(f"{at}.__code__ is {source.constant(func.__code__)}")
         node = self._node(func, at, distinct=False)
@@ -612,8 +451,10 @@ class _Walker:
             )
         else:
             source.require(f"{at}.__closure__ is None")
-        defaults = None
-        if func.__defaults__ is None:
+        defaults = kwdefaults = attributes = None
+        if not (func.__defaults__ or func.__kwdefaults__ or func.__dict__):  # the usual case
+            source.require(f"not ({at}.__defaults__ or {at}.__kwdefaults__ or {at}.__dict__)")
+        elif func.__defaults__ is None:
             source.require(f"{at}.__defaults__ is None")
         else:
             defaults, spec = self.walk(
@@ -621,12 +462,15 @@ class _Walker:
             )
             if spec is not None:
                 self.plan.append((node, "attr", "__defaults__", spec))
-        kwdefaults = self._walk_optional_dict(func.__kwdefaults__, f"{at}.__kwdefaults__", depth)
-        attributes = self._walk_optional_dict(
-            func.__dict__ or None, f"{at}.__dict__ or None", depth
-        )
+        if func.__defaults__ or func.__kwdefaults__ or func.__dict__:
+            kwdefaults = self._walk_optional_dict(
+                func.__kwdefaults__, f"{at}.__kwdefaults__", depth
+            )
+            attributes = self._walk_optional_dict(
+                func.__dict__ or None, f"{at}.__dict__ or None", depth
+            )
         names = ()
-        if not library and _DYNAMIC_NAMES.intersection(func.__code__.co_names):
+        if not library and DYNAMIC_NAMES.intersection(func.__code__.co_names):
             msg = "it reads variables by name at run time (globals(), eval, exec or vars)"
             raise Uncached(msg)
         if not library:  # library functions' globals are the library's
@@ -638,11 +482,28 @@ class _Walker:
                 globals_at = self.node_exprs[globals_node]
             else:
                 globals_node, globals_at = seen
-            pairs = [(n, namespace.get(n, MISSING)) for n in _global_names(func.__code__)]
-            self.code_names.update(_global_names(func.__code__))
+            pairs = [(n, namespace.get(n, MISSING)) for n in global_names(func.__code__)]
+            self.code_names.update(global_names(func.__code__))
             names = self._walk_items(pairs, globals_node, globals_at, depth, "DGET")
             names = (Same(namespace), names)
         return ("function", func.__code__, cells, defaults, kwdefaults, attributes, names), None
+
+    def check_library_modules(self) -> None:
+        """Library modules are taken as fixed, except for the random draws some of them
+        offer (``random.random``, ``np.random.rand``): code that names one runs uncached."""
+        pending, seen = list(self.library_modules), set()
+        while pending:
+            module = pending.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            for name in self.code_names:
+                member = module.__dict__.get(name)
+                if isinstance(member, types.ModuleType):
+                    pending.append(member)
+                elif isinstance(getattr(member, "__self__", None), HIDDEN_STATE_TYPES):
+                    msg = f"it draws random numbers with {module.__name__}.{name}"
+                    raise Uncached(msg)
 
     def walk_modules(self) -> tuple:
         """The user modules met (``import config``), walked last: for the attributes that
@@ -675,7 +536,8 @@ class _Walker:
             source.require(f"{at} is {seen[1]}")
             return ("ref", seen[0])
         node = self._node(cell, at)
-        if _is_empty(cell):  # a variable assigned later
+        self.distinct.pop()  # two closures may come to share a cell: nothing can tell
+        if is_empty(cell):  # a variable assigned later
             source.require(f"IS_EMPTY({at})")
             return ("empty",)
         skeleton, spec = self.walk(
@@ -706,18 +568,18 @@ class _Walker:
         walked too (a method may read globals or class attributes)."""
         source = self.source
         source.require(f"{at} is {source.constant(cls)}")
-        if _is_library(cls) or cls.__module__ == "builtins":
+        if is_library(cls) or cls.__module__ == "builtins":
             return ("same", Same(cls)), None
         node = self._node(cls, at, distinct=False)
         items = []
         for base in (*cls.__mro__[1:], type(cls)):  # fixed while the class is
-            if not _is_library(base):
+            if not is_library(base):
                 items.append(self.walk(base, source.constant(base), depth + 1)[0])
         pairs = [
             (name, member)
             for name, member in cls.__dict__.items()
-            if name not in _CLASS_SKIP
-            and not isinstance(member, _OPAQUE_TYPES)
+            if name not in CLASS_SKIP
+            and not isinstance(member, OPAQUE_TYPES)
             and not (name.startswith("__") and name.endswith("__") and not callable(member))
         ]
         namespace = source.local(f"{at}.__dict__")
@@ -776,7 +638,7 @@ class _Walker:
         if type(attributes) is dict:
             walked_dict = self.walk(attributes, source.local(f"{at}.__dict__"), depth + 1)[0]
         slots = []
-        for name, descriptor in _slot_names(cls):
+        for name, descriptor in slot_names(cls):
             try:
                 item = descriptor.__get__(value, cls)
             except AttributeError:
@@ -830,58 +692,6 @@ class _Walker:
         return ("pytree", cls_skeleton, treedef, tuple(walked)), spec
 
 
-def without_values(tree: Any) -> Any:
-    """A skeleton's tree with the Python values left out: what stays the same when only a
-    closed-over number (or string) changes from call to call."""
-    if type(tree) is Same:
-        return type(tree.value)
-    if type(tree) is not tuple:
-        return tree
-    tag = tree[:1]
-    if tag == ("const",):
-        return ("const", tree[1])
-    if tag in (("set",), ("text array",)):
-        return tag
-    if tag == ("dict",):  # the keys are values too
-        return ("dict", tree[1], len(tree[2]), *map(without_values, tree[3:]))
-    return tuple(map(without_values, tree))
-
-
-def describe_change(old: Any, new: Any) -> str | None:
-    """The first Python value that differs between two skeletons' trees, in words."""
-    if type(old) is not tuple or type(new) is not tuple:
-        return None
-    if old[:1] == new[:1] == ("const",) and old != new:
-        kind = new[1]
-        values = [float.fromhex(k) if kind is float else k for k in (old[2], new[2])]
-        return f"a closed-over {kind.__name__} ({values[0]!r}, then {values[1]!r})"
-    for a, b in zip(old, new):
-        found = describe_change(a, b)
-        if found:
-            return found
-    return None
-
-
-def _key_bits(keys: Any) -> tuple:
-    """Dict keys as the skeleton holds them: values by type and bits where possible."""
-    found = []
-    for key in keys:
-        try:
-            found.append(value_key(key))
-        except TypeError:
-            found.append(Same(key))
-    return tuple(found)
-
-
-def _is_pytree_leaf(value: Any) -> bool:
-    treedef = flatten_one(value)[1]
-    return treedef.num_nodes == 1 and treedef.num_leaves == 1
-
-
-def flatten_one(value: Any) -> tuple[list, Any]:
-    return jax.tree_util.tree_flatten(value, is_leaf=lambda x: x is not value)
-
-
 Source.namespace_defaults = {
     "IS_ARRAY": is_array,
     "SCALAR_KEY": scalar_key,
@@ -890,10 +700,10 @@ Source.namespace_defaults = {
     "LIST_GET": list.__getitem__,
     "TUPLE_GET": tuple.__getitem__,
     "SLOT_GET": lambda descriptor, obj: _slot_get(descriptor, obj),
-    "IS_EMPTY": _is_empty,
-    "IS_JAX_ARRAY": lambda x: type(x) is _JAX_ARRAY,
+    "IS_EMPTY": is_empty,
+    "IS_JAX_ARRAY": lambda x: type(x) is JAX_ARRAY,
     "VALUE_KEY": value_key,
-    "KEY_BITS": _key_bits,
+    "KEY_BITS": key_bits,
     "FLATTEN": flatten_one,
 }
 
