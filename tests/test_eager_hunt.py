@@ -186,3 +186,111 @@ def test_a_float64_numpy_array_narrowed_to_float32_is_said_once():
         f = lambda x: (x**2).sum() * data.sum()  # noqa: E731
         with pytest.warns(UserWarning, match="float64 numpy array.*as float32"):
             jaxhvp.hvp(f, X.astype(jnp.float32), V.astype(jnp.float32))
+
+
+_GENERATOR = np.random.default_rng(0)
+
+
+class Trainer:
+    """A class whose other methods read a random generator and a logger."""
+
+    def __init__(self):
+        self.w = jnp.asarray(_GENERATOR.normal(size=3))
+
+    def fit(self):
+        import logging
+
+        logging.getLogger(__name__).info("fitting %s", _GENERATOR.normal())
+
+    def loss(self, w, x):
+        return jnp.mean(jnp.tanh(x * w) ** 2)
+
+
+def test_members_the_code_never_names_do_not_make_a_class_uncached():
+    trainer, v = Trainer(), jnp.ones(3)
+    for step in range(3):
+        x = jnp.full(3, float(step))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = jaxhvp.hvp(lambda w: trainer.loss(w, x), trainer.w, v)[1]
+        expected = jaxhvp.hvp(lambda w: trainer.loss(w, x), trainer.w, v, jit=False)[1]
+        assert_trees_close(got, expected)
+    info = jaxhvp.cache_info()
+    assert (info.compilations, info.uncached) == (1, 0)
+
+
+def test_products_of_an_operator_built_op_by_op_are_cached_without_warnings():
+    data = np.random.default_rng(0).normal(size=(16, 3)).astype(np.float64)
+    params = {"w": jnp.ones(3), "b": jnp.zeros(())}
+
+    def loss(p):
+        return jnp.mean(jnp.tanh(data @ p["w"] + p["b"]) ** 2)
+
+    op = jaxhvp.hessian_operator(loss, params, jit=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = op @ params
+    expected = jaxhvp.hvp(loss, params, params, jit=False)[1]
+    assert_trees_close(got, expected)
+
+
+def test_fresh_treedefs_and_unravel_functions_are_keyed_by_value():
+    from jax.flatten_util import ravel_pytree
+
+    params = {"w": jnp.zeros(5), "b": jnp.zeros(())}
+
+    def loss(p):
+        return jnp.sum(jnp.sin(p["w"])) + p["b"] ** 2
+
+    for _ in range(4):
+        flat, unravel = ravel_pytree(params)
+        jaxhvp.hvp(lambda y: loss(unravel(y)), flat, flat)
+        leaves, treedef = jax.tree.flatten(params)
+        jaxhvp.hvp(lambda ls: loss(jax.tree.unflatten(treedef, ls)), leaves, leaves)
+    assert jaxhvp.cache_info().compilations == 2
+
+
+def test_a_write_verdict_covers_the_function_whatever_values_it_reads():
+    class Layer:
+        made = 0
+
+        def __init__(self):
+            Layer.made += 1  # a write at every call, to a value the walk reads
+
+    def f(x):
+        Layer()
+        return (x**2).sum()
+
+    for _ in range(4):
+        assert_trees_close(eager(f), 2 * V)
+    info = jaxhvp.cache_info()
+    assert info.compilations == 1 and info.uncached == 4
+
+
+def test_a_numpy_array_in_aux_runs_uncached_for_its_outputs():
+    def f(x):
+        return (x**2).sum(), np.arange(3)
+
+    with pytest.warns(UserWarning, match="returns Python objects other than arrays"):
+        _, _, aux = jaxhvp.hvp(f, X, V, has_aux=True)
+    assert type(aux) is np.ndarray
+
+
+def test_step_apis_compile_once_over_fresh_batches():
+    def loss(p, x, y, lam):
+        return jnp.mean((x @ p["w"] + p["b"] - y) ** 2) + lam * jnp.sum(p["w"] ** 2)
+
+    rng = np.random.default_rng(0)
+    for init, step in (
+        (jaxhvp.newton_cg_init, jaxhvp.newton_cg_step),
+        (jaxhvp.trust_ncg_init, jaxhvp.trust_ncg_step),
+    ):
+        jaxhvp.cache_clear()
+        params = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+        state = init(params)
+        counts = []
+        for _ in range(4):
+            x, y = jnp.asarray(rng.normal(size=(8, 3))), jnp.asarray(rng.normal(size=8))
+            params, state, _ = step(loss, params, state, x, y, 1e-2)
+            counts.append(jaxhvp.cache_info().compilations)
+        assert counts[1] == counts[-1]

@@ -22,7 +22,7 @@ def uses_global_weight(x):
 def fresh_walk(func):
     walker = _walk._Walker()
     skeleton, _ = walker.walk(func, walker.source.argument, 0)
-    skeleton = (skeleton, walker.walk_modules())
+    skeleton = (skeleton, walker.walk_deferred())
     return skeleton, walker.leaves, walker.nodes, tuple(walker.plan)
 
 
@@ -244,9 +244,17 @@ def _slot_rebound_to_scalar(_):
     return obj.loss, lambda: setattr(obj, "w", 2.0)
 
 
+class WithHelper:
+    def loss(self, x):
+        return self.helper(x)
+
+    def helper(self, x):
+        return x.sum()
+
+
 def _method_replaced(monkeypatch):
-    holder = Holder(jnp.ones(3), 2.0)
-    return holder.loss, lambda: monkeypatch.setattr(Holder, "loss", lambda self, x: x.sum())
+    obj = WithHelper()
+    return obj.loss, lambda: monkeypatch.setattr(WithHelper, "helper", lambda self, x: x.max())
 
 
 class WithProperty:

@@ -53,7 +53,15 @@ WHY = {
         "io_callback), and a kernel keeps the callables of the call that compiled it"
     ),
     "recompiles": "its kernels keep being recompiled",
+    "outputs": (
+        "it returns Python objects other than arrays, numbers and strings (a numpy array, "
+        "an object), which a kernel would return as they were when it was traced"
+    ),
 }
+
+
+class _Outputs(Exception):
+    """The traced function returned values a kernel cannot return afresh."""
 
 
 class PerSignature:
@@ -191,6 +199,9 @@ def _run(impl: Callable, options: tuple, func: Any, args: tuple, split: Any, eag
     except Rebound:
         STORE.make_uncached(entry, "writes")
         return _uncached("writes", func, impl, options, args)
+    except _Outputs:
+        STORE.make_uncached(entry, "outputs")
+        return _uncached("outputs", func, impl, options, args)
     except _CONCRETE_VALUE_ERRORS:
         STORE.make_uncached(entry, "concrete values")
         return _uncached("concrete values", func, impl, options, args)
@@ -244,8 +255,7 @@ def _build(impl: Callable, options: tuple) -> Callable:
         if all(isinstance(x, jax.Array) for x in leaves_out):
             return out
         if not all(isinstance(x, _STATIC_TYPES) for x in leaves_out):
-            msg = "it returns Python objects that are not arrays"
-            raise Rebound(msg)  # a kernel would return the first call's objects
+            raise _Outputs  # a kernel would return the first call's objects
         entry.static_outputs = True
         wrapped = [x if isinstance(x, jax.Array) else _Static(x) for x in leaves_out]
         return treedef.unflatten(wrapped)

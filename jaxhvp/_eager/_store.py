@@ -75,6 +75,7 @@ class Store:
         self.reasons: collections.Counter = collections.Counter()
         self._kernels_by_family: collections.Counter = collections.Counter()
         self.last_key: dict[Any, Any] = {}  # family -> its latest key
+        self._verdicts: dict[Any, str] = {}  # family -> why its keys run uncached
 
     def insert(self, key: Any, family: Any, build: Callable[[], Callable], reason: str | None):
         """The entry of ``key``, made now: a kernel from ``build``, or uncached for
@@ -84,6 +85,7 @@ class Store:
             if entry is not None:  # another thread made it meanwhile
                 return entry
             self.misses += 1
+            reason = reason or self._verdicts.get(family)
             if reason is None and self._kernels_by_family[family] >= PER_SOURCE:
                 reason = "recompiles"
             if reason is None:
@@ -102,8 +104,13 @@ class Store:
             entry.kernel = kernel
 
     def make_uncached(self, entry: Entry, reason: str) -> None:
+        """``entry`` runs uncached from now on, and so do new keys of its family: a
+        function that writes what it reads does so whatever the values it reads."""
         with self._lock:
             entry.kernel, entry.reason = None, reason
+            if len(self._verdicts) >= 4 * self.maxsize:
+                self._verdicts.clear()
+            self._verdicts[entry.family] = reason
 
     def count_uncached(self, reason: str) -> None:
         with self._lock:

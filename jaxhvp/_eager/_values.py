@@ -63,9 +63,18 @@ LIBRARY_PACKAGES = frozenset(
         "enum",
         "typing",
         "functools",
-        "collections",
         "dataclasses",
         "jaxhvp",
+        # Objects for logging, locks, files and processes: no numbers a loss computes with.
+        "logging",
+        "threading",
+        "warnings",
+        "re",
+        "io",
+        "pathlib",
+        "os",
+        "socket",
+        "subprocess",
     }
 )
 # Objects whose state is hidden from the walk and changes at every use.
@@ -156,6 +165,12 @@ def scalar_key(value: Any) -> Any:
     if isinstance(value, np.generic):
         return (value.dtype.str, value.tobytes())
     return value
+
+
+def value_like(value: Any) -> bool:
+    """Library values compared by equality rather than identity: a fresh ``PyTreeDef``
+    (``jax.tree.flatten`` at every step) is the same structure."""
+    return isinstance(value, jax.tree_util.PyTreeDef)
 
 
 def is_library(obj: Any) -> bool:

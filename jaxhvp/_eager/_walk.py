@@ -60,6 +60,7 @@ from ._values import (
     scalar_key,
     slot_names,
     value_key,
+    value_like,
 )
 
 MAX_NODES = 4096  # values a walk may meet; beyond, the function runs uncached
@@ -129,7 +130,7 @@ def split(func: Any) -> Split:
     walker = _Walker()
     try:
         tree, root = walker.walk(func, Source.argument, 0)
-        tree = (tree, walker.walk_modules())
+        tree = (tree, walker.walk_deferred())
         walker.check_library_modules()
     except RecursionError:
         msg = f"it reaches values nested more than {MAX_DEPTH} deep"
@@ -185,6 +186,8 @@ class _Walker:
         self.memo: dict[int, tuple[int, str]] = {}  # id -> (node index, guard variable)
         self.leaf_memo: dict[int, tuple[int, str]] = {}
         self.modules: list[tuple[types.ModuleType, str]] = []  # user modules, walked last
+        self.module_nodes: dict[int, int] = {}
+        self.classes: list[tuple[type, int, str]] = []  # user classes: members walked last
         self.library_modules: list[types.ModuleType] = []  # only checked for random draws
         self.code_names: set[str] = set()
         self.count = 0
@@ -296,6 +299,11 @@ class _Walker:
                 "which changes as it is used"
             )
             raise Uncached(msg)
+        if value_like(value):
+            self.source.require(f"{at} == {self.source.constant(value)}")
+            return ("value", value), None
+        if type(value).__name__ == "HashablePartial" and is_library(type(value)):
+            return self._walk_object(value, at, depth)  # ravel_pytree's unravel: f, args
         if is_library(type(value)) and not is_own(value) and is_pytree_leaf(value):
             return self._walk_library(value, at, depth)
         return self._walk_object(value, at, depth)
@@ -306,7 +314,11 @@ class _Walker:
         if seen is not None:
             source.require(f"{at} is {seen[1]}")
             return ("array", seen[0]), ("leaf", seen[0])
-        if isinstance(value, np.ndarray) and type(value) is not np.ndarray:
+        if (
+            isinstance(value, np.ndarray)
+            and type(value) is not np.ndarray
+            and not is_library(type(value))
+        ):  # JAX's own subclasses (literals of a traced program) are arrays
             msg = f"it reads a {type(value).__name__} (a numpy array subclass)"
             raise Uncached(msg)
         if isinstance(value, np.ndarray) and value.dtype.kind not in "biufc":
@@ -505,22 +517,69 @@ class _Walker:
                     msg = f"it draws random numbers with {module.__name__}.{name}"
                     raise Uncached(msg)
 
-    def walk_modules(self) -> tuple:
-        """The user modules met (``import config``), walked last: for the attributes that
-        any code walked may use (``config.W``: the names in its code), present or absent."""
-        source, walked, done, position = self.source, [], set(), 0
-        while position < len(self.modules):  # walking a module may meet more of them
-            module, at = self.modules[position]
-            position += 1
-            if id(module) in done:
-                continue
-            done.add(id(module))
-            namespace = module.__dict__
-            node = self._node(namespace, source.local(f"{at}.__dict__"), distinct=False)
-            names = sorted(n for n in self.code_names if not n.startswith("__"))
-            pairs = [(n, namespace.get(n, MISSING)) for n in names]
-            walked.append(self._walk_items(pairs, node, self.node_exprs[node], 0, "DGET"))
+    def walk_deferred(self) -> tuple:
+        """User modules and the members of user classes, walked last, for the names that
+        any code walked may use (``config.W``, ``self.helper``: the names in its code,
+        present or absent) and, for classes, the special methods Python calls implicitly.
+        Walking them may meet more code, modules and classes: repeated until nothing new."""
+        source, walked, done = self.source, [], {}
+        progress = True
+        while progress:
+            progress = False
+            for module, at in list(self.modules):
+                namespace = module.__dict__
+                seen = done.get(id(module))
+                if seen is None:
+                    seen = done[id(module)] = set()
+                    node = self._node(namespace, source.local(f"{at}.__dict__"), False)
+                    self.module_nodes[id(module)] = node
+                node = self.module_nodes[id(module)]
+                names = sorted(n for n in self.code_names - seen if not n.startswith("__"))
+                if names:
+                    seen.update(names)
+                    pairs = [(n, namespace.get(n, MISSING)) for n in names]
+                    at_dict = self.node_exprs[node]
+                    walked.append(self._walk_items(pairs, node, at_dict, 0, "DGET"))
+                    progress = True
+            for cls, node, namespace in list(self.classes):
+                seen = done.setdefault(id(cls), set())
+                for name, member in list(cls.__dict__.items()):
+                    if name in seen or not self._member_used(cls, name, member):
+                        continue
+                    seen.add(name)
+                    walked.append((name, self._walk_member(node, namespace, name, member)))
+                    progress = True
         return tuple(walked)
+
+    def _member_used(self, cls: type, name: str, member: Any) -> bool:
+        """Whether a class member may run or be read: named by the code walked, or a
+        special method (the constructor's only when the code names the class)."""
+        if name in CLASS_SKIP or isinstance(member, OPAQUE_TYPES):
+            return False
+        if not (name.startswith("__") and name.endswith("__")):
+            return name in self.code_names
+        if name in ("__init__", "__new__", "__post_init__", "__init_subclass__"):
+            return cls.__name__ in self.code_names
+        return callable(member) and name not in ("__repr__", "__str__", "__del__", "__format__")
+
+    def _walk_member(self, node: int, namespace: str, name: str, member: Any) -> Any:
+        source = self.source
+        member_at = source.local(f"{namespace}.get({source.constant(name)}, MISSING)")
+        if isinstance(member, (staticmethod, classmethod)):
+            self._require_type(member, member_at)
+            inner = source.local(f"{member_at}.__func__")
+            skeleton, spec = self.walk(member.__func__, inner, 1)
+        elif isinstance(member, property):
+            self._require_type(member, member_at)
+            parts = ("fget", "fset", "fdel")
+            at = [source.local(f"{member_at}.{part}") for part in parts]
+            skeleton = tuple(self.walk(getattr(member, p), a, 1)[0] for p, a in zip(parts, at))
+            spec = None
+        else:
+            skeleton, spec = self.walk(member, member_at, 1)
+        if spec is not None:
+            self.plan.append((node, "class", name, spec))
+        return skeleton
 
     def _walk_optional_dict(self, mapping: dict | None, expression: str, depth: int) -> Any:
         source = self.source
@@ -564,8 +623,8 @@ class _Walker:
         return ("partial", cls_skeleton, func, args, keywords, attributes), None
 
     def _walk_class(self, cls: type, at: str, depth: int) -> tuple:
-        """A class: by identity; a user class's methods, properties and attributes are
-        walked too (a method may read globals or class attributes)."""
+        """A class: by identity; the members of a user class that the code may use are
+        walked at the end (``walk_deferred``), as are its bases and metaclass."""
         source = self.source
         source.require(f"{at} is {source.constant(cls)}")
         if is_library(cls) or cls.__module__ == "builtins":
@@ -575,38 +634,10 @@ class _Walker:
         for base in (*cls.__mro__[1:], type(cls)):  # fixed while the class is
             if not is_library(base):
                 items.append(self.walk(base, source.constant(base), depth + 1)[0])
-        pairs = [
-            (name, member)
-            for name, member in cls.__dict__.items()
-            if name not in CLASS_SKIP
-            and not isinstance(member, OPAQUE_TYPES)
-            and not (name.startswith("__") and name.endswith("__") and not callable(member))
-        ]
         namespace = source.local(f"{at}.__dict__")
         source.require(f"len({namespace}) == {len(cls.__dict__)}")
-        walked = []
-        for name, member in pairs:
-            member_at = source.local(f"{namespace}.get({source.constant(name)}, MISSING)")
-            if isinstance(member, (staticmethod, classmethod)):
-                self._require_type(member, member_at)
-                skeleton, spec = self.walk(
-                    member.__func__, source.local(f"{member_at}.__func__"), depth + 1
-                )
-            elif isinstance(member, property):
-                self._require_type(member, member_at)
-                skeleton = tuple(
-                    self.walk(
-                        getattr(member, part), source.local(f"{member_at}.{part}"), depth + 1
-                    )[0]
-                    for part in ("fget", "fset", "fdel")
-                )
-                spec = None
-            else:
-                skeleton, spec = self.walk(member, member_at, depth + 1)
-            if spec is not None:
-                self.plan.append((node, "class", name, spec))
-            walked.append((name, skeleton))
-        return ("class", Same(cls), tuple(items), tuple(walked)), None
+        self.classes.append((cls, node, namespace))
+        return ("class", Same(cls), tuple(items)), None
 
     def _walk_library(self, value: Any, at: str, depth: int) -> tuple:
         """A library object other than a pytree (those are walked as user objects): by
