@@ -241,9 +241,10 @@ def _build(impl: Callable, options: tuple) -> Callable:
             options_now = decided or _defaults(options)
         else:
             options_now = options
-        saved = snapshot(split.nodes)
+        nodes = split.nodes
+        saved = snapshot(nodes)
         try:
-            with swapped(split.skeleton, split.nodes, leaves, func) as traced_func:
+            with swapped(split.skeleton, nodes, leaves, func) as traced_func:
                 out = impl(traced_func, *args, *options_now)
             if changed(saved) is not None:
                 msg = "it changes what it reads while it runs"

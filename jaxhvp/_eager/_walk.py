@@ -29,6 +29,7 @@ import collections.abc
 import enum
 import functools
 import math
+import operator
 import types
 from collections.abc import Callable
 from typing import Any
@@ -82,11 +83,12 @@ class Skeleton:
     """A skeleton with its hash computed once (it is part of every cache key), and the plan
     of where its arrays go (equal skeletons have equal plans)."""
 
-    __slots__ = ("_hash", "has_numpy", "plan", "root", "tree")
+    __slots__ = ("_hash", "has_numpy", "locate", "plan", "root", "tree")
 
     def __init__(self, tree: Any, plan: tuple, root: Any, has_numpy: bool) -> None:
         self.tree, self.plan, self.root, self.has_numpy = tree, plan, root, has_numpy
         self._hash = hash(tree)
+        self.locate: Callable[[Any], list] = list  # func -> its nodes (set by the walk)
 
     def __hash__(self) -> int:
         return self._hash
@@ -97,11 +99,19 @@ class Skeleton:
         )
 
 
-class Split:
-    __slots__ = ("leaves", "nodes", "skeleton")
+class Split(tuple):
+    """``(skeleton, leaves, func)``: a function's key and arrays. The containers that hold
+    the arrays (``nodes``) are only needed while a kernel traces, so they are located then,
+    by code the walk wrote, instead of at every call."""
 
-    def __init__(self, skeleton: Skeleton, leaves: list, nodes: list) -> None:
-        self.skeleton, self.leaves, self.nodes = skeleton, leaves, nodes
+    __slots__ = ()
+    skeleton = property(operator.itemgetter(0))
+    leaves = property(operator.itemgetter(1))
+    func = property(operator.itemgetter(2))
+
+    @property
+    def nodes(self) -> list:
+        return self[0].locate(self[2])
 
 
 class Counters:
@@ -145,7 +155,7 @@ def split(func: Any) -> Split:
     if len(_guarded) >= _MAX_MEMO:
         _guarded.clear()
     _guarded[key] = [guard, *_guarded.get(key, ())][:_GUARDS_PER_KEY]
-    return Split(skeleton, walker.leaves, walker.nodes)
+    return Split((skeleton, walker.leaves, func))
 
 
 def forget() -> None:
@@ -206,8 +216,9 @@ class _Walker:
             source.require(*pairs)
         elif count > 1:
             source.require(f"len({{{', '.join(ids)}}}) == {count}")
-        split = source.constant(Split)
-        return source.compile(f"{split}({source.constant(skeleton)}, [{leaves}], [{nodes}])")
+        skeleton.locate = source.compile(f"[{nodes}]")
+        split, argument = source.constant(Split), source.argument
+        return source.compile(f"{split}(({source.constant(skeleton)}, [{leaves}], {argument}))")
 
     # -- helpers -------------------------------------------------------------------------
     def _node(self, value: Any, at: str, distinct: bool = True) -> int:
