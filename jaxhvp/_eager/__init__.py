@@ -15,6 +15,7 @@ from ._call import cache_clear as cache_clear
 from ._call import cache_info as cache_info
 from ._call import call as call
 from ._call import is_eager as is_eager
+from ._jax import library_callback as library_callback
 from ._store import CacheInfo as CacheInfo
 from ._values import is_array as is_array
 
@@ -28,4 +29,5 @@ __all__ = [
     "call",
     "is_array",
     "is_eager",
+    "library_callback",
 ]

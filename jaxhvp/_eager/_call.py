@@ -386,7 +386,10 @@ def _why_recompiles(key: Any, family: Any) -> str:
 
 
 def _source(func: Any) -> Any:
-    """Where ``func``'s code was written: kernels are counted per source location."""
+    """Where ``func``'s code was written: kernels are counted per source location. For a
+    tuple of functions (an objective with its gradient), the first one's."""
+    if type(func) is tuple and func:
+        func = func[0]
     while isinstance(func, functools.partial):
         func = func.func
     func = getattr(func, "__func__", func)

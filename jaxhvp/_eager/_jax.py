@@ -82,6 +82,20 @@ change under it. A kernel trace breaks that assumption while tracers stand in th
 objects, so the traces made meanwhile must not outlive it."""
 
 _CALLBACKS = frozenset({"debug_callback", "pure_callback", "io_callback", "callback"})
+_LIBRARY_CALLBACKS: set[Callable] = set()
+
+
+def library_callback(function: Callable) -> Callable:
+    """Marks ``function`` as a host callback of jaxhvp itself: a kernel that calls it reads
+    nothing a cached kernel could keep stale (the function looks up its work at run time),
+    so :func:`calls_back` does not count it."""
+    _LIBRARY_CALLBACKS.add(function)
+    return function
+
+
+def _is_library_callback(eqn: Any) -> bool:
+    target = getattr(eqn.params.get("callback"), "callback_func", None)
+    return target is not None and target in _LIBRARY_CALLBACKS
 
 
 def calls_back(closed_jaxpr: Any) -> bool:
@@ -94,7 +108,7 @@ def calls_back(closed_jaxpr: Any) -> bool:
             continue
         seen.add(id(jaxpr))
         for eqn in jaxpr.eqns:
-            if eqn.primitive.name in _CALLBACKS:
+            if eqn.primitive.name in _CALLBACKS and not _is_library_callback(eqn):
                 return True
             for param in eqn.params.values():
                 for value in param if isinstance(param, (tuple, list)) else (param,):

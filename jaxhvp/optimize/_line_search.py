@@ -8,14 +8,13 @@ so that a Newton-CG solve takes the steps scipy takes. Branches become
 ``jnp.where`` selects and the search is one ``lax.while_loop``, so it runs under ``jax.jit``
 and ``jax.vmap``.
 
-Two differences from scipy, both on paths where scipy gives up on this search:
+One difference from scipy, on a path where scipy gives up on this search:
 
 * a trial step where the objective or its slope is NaN or Inf is not a failure here: the step
   is halved towards the best step so far, which also becomes the largest step allowed;
-* when the search fails, scipy retries with a second search (``line_search_wolfe2``); here
-  the failure is reported (``MinimizeStatus.LINE_SEARCH_FAILED``, or ``NONFINITE`` if the
-  last trial was NaN or Inf). On the Moré-Garbow-Hillstrom problems and logistic
-  regressions of the tests scipy never needs that retry.
+* none other: when this search fails, :func:`search` retries with scipy's second search
+  (``_zoom_search``, scipy's ``line_search_wolfe2``), as scipy's ``_line_search_wolfe12``
+  does.
 """
 
 from __future__ import annotations
@@ -28,7 +27,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from ._minimize import count, finite
+from ._problem import count, finite
+from ._zoom_search import zoom_search
 
 # The search's ``task`` (scipy's byte strings), as ints for the loop.
 _EVALUATE, _CONVERGED, _WARNING, _ERROR = 0, 1, 2, 3
@@ -39,14 +39,16 @@ _P66, _EXTRAPOLATE_MIN, _EXTRAPOLATE_MAX = 0.66, 1.1, 4.0
 
 
 class SearchResult(NamedTuple):
-    """The step found: its length, ``phi`` there, whether it satisfies the Wolfe conditions,
-    whether the search failed on a NaN or Inf, and how many trial steps were evaluated."""
+    """The step found: its length, ``phi`` there, whether it is acceptable, whether the
+    search failed on a NaN or Inf, and how many values and slopes it evaluated (scipy's
+    ``fc`` and ``gc``)."""
 
     step: jax.Array
     value: jax.Array
     ok: jax.Array
     nonfinite: jax.Array
-    evaluations: jax.Array
+    nfev: jax.Array
+    njev: jax.Array
 
 
 class _State(NamedTuple):
@@ -69,10 +71,11 @@ class _State(NamedTuple):
     task: jax.Array
     calls: jax.Array  # iterations of the search (scipy's maxiter counts these)
     evaluations: jax.Array
+    evaluated: jax.Array  # the step f and g were last evaluated at (NaN before any)
 
 
 def wolfe_search(
-    phi: Callable[[jax.Array], tuple[jax.Array, jax.Array]],
+    phi: Callable[[jax.Array], tuple[jax.Array, jax.Array, jax.Array]],
     phi0: jax.Array,
     dphi0: jax.Array,
     initial_step: jax.Array,
@@ -83,12 +86,15 @@ def wolfe_search(
     amin: float = 1e-8,
     amax: float = 50.0,
     maxiter: int = 100,
-) -> SearchResult:
+) -> tuple[SearchResult, tuple[jax.Array, jax.Array, jax.Array]]:
     """A step satisfying the strong Wolfe conditions for ``phi(t) = f(x + t p)``.
 
-    ``phi(t)`` returns ``(phi(t), phi'(t))``; ``phi0`` and ``dphi0 < 0`` are their values at 0.
+    ``phi(t)`` returns ``(phi(t), phi'(t), ran)``, ``ran`` False where the values were known
+    without running the objective (not counted); ``phi0`` and ``dphi0 < 0`` are the values
+    at 0.
     The defaults are scipy's ``line_search_wolfe1``'s. On failure (``ok`` False) ``step`` is
-    meaningless and the caller keeps its point.
+    meaningless and the caller keeps its point. Also returns the last trial evaluated,
+    ``(step, phi, phi')``.
     """
     as_float = functools.partial(jnp.asarray, dtype=phi0.dtype)
     stp = as_float(initial_step)
@@ -116,6 +122,7 @@ def wolfe_search(
         task=jnp.where(invalid, _ERROR, jnp.asarray(_EVALUATE, jnp.int32)),
         calls=count() + 1,
         evaluations=count(),
+        evaluated=jnp.full_like(stp, jnp.nan),
     )
 
     def keep_going(s: _State) -> jax.Array:
@@ -127,8 +134,10 @@ def wolfe_search(
         return _next_trial(s, phi0, gtest, xtol, stpmin)
 
     def iterate(s: _State) -> _State:
-        f, g = phi(s.stp)
-        s = s._replace(f=f, g=g, evaluations=s.evaluations + 1, calls=s.calls + 1)
+        f, g, ran = phi(s.stp)
+        s = s._replace(
+            f=f, g=g, evaluations=s.evaluations + ran, calls=s.calls + 1, evaluated=s.stp
+        )
         task, stage2 = _test(s, phi0, gtest, c2 * -dphi0, xtol, stpmin)
         s = s._replace(task=task, stage2=stage2)
         # Only one branch runs (outside vmap): most searches stop at their first trial.
@@ -138,7 +147,8 @@ def wolfe_search(
     final = lax.while_loop(keep_going, iterate, state)
     ok = final.task == _CONVERGED
     nonfinite = ~ok & ~finite(final.f, final.g)
-    return SearchResult(final.stp, final.f, ok, nonfinite, final.evaluations)
+    result = SearchResult(final.stp, final.f, ok, nonfinite, final.evaluations, final.evaluations)
+    return result, (final.evaluated, final.f, final.g)
 
 
 def _halve(s: _State) -> _State:
@@ -307,3 +317,40 @@ def _step(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax):
         jnp.where(higher_value, dx, dp),
     )
     return stx, fx, dx, sty, fy, dy, new_step, brackt
+
+
+def search(
+    phi: Callable[[jax.Array], tuple[jax.Array, jax.Array]],
+    phi_and_slope: Callable[[jax.Array], tuple[jax.Array, jax.Array, jax.Array]],
+    phi0: jax.Array,
+    dphi0: jax.Array,
+    old_phi0: jax.Array,
+    *,
+    c1: jax.Array,
+    c2: jax.Array,
+) -> SearchResult:
+    """scipy's ``_line_search_wolfe12``: Moré-Thuente, and if it fails the zoom search.
+
+    ``phi(t)`` is the objective along the direction, ``phi_and_slope(t)`` it and its slope,
+    each with whether it ran the objective (``False``: known, not counted);
+    ``old_phi0`` the objective at the previous point (NaN before the first step), from which
+    both searches guess their first trial step, as scipy's do. The counts add up both; the
+    zoom search reuses the first search's last trial where it starts there (scipy's objective
+    keeps the last point's value and gradient, so its counts do not include it again).
+    """
+    guess = _first_step(phi0, dphi0, old_phi0)
+    first, last = wolfe_search(phi_and_slope, phi0, dphi0, guess, c1=c1, c2=c2)
+
+    def fallback() -> SearchResult:
+        found = zoom_search(phi, phi_and_slope, phi0, dphi0, guess, last, c1=c1, c2=c2)
+        second = SearchResult(*found)
+        return second._replace(nfev=first.nfev + second.nfev, njev=first.njev + second.njev)
+
+    return lax.cond(first.ok, lambda: first, fallback)
+
+
+def _first_step(phi0: jax.Array, dphi0: jax.Array, old_phi0: jax.Array) -> jax.Array:
+    """scipy's first trial step: 1, or less by interpolation from the last decrease."""
+    guess = 1.01 * 2 * (phi0 - old_phi0) / dphi0
+    guess = jnp.where(jnp.isfinite(old_phi0) & (dphi0 != 0) & (guess < 1), guess, 1.0)
+    return jnp.where(guess < 0, 1.0, guess).astype(phi0.dtype)

@@ -1,0 +1,139 @@
+"""The one loop every solver of :func:`jaxhvp.minimize` runs in, and the solver protocol.
+
+A solver is an object with four attributes and four methods:
+
+* ``NAME`` (the ``method`` string), ``TOL_OPTION`` (the option ``tol=`` sets), ``OPTIONS``
+  (scipy's option names it accepts);
+* ``configure(options, n)``: the checked options for ``n`` variables, a NamedTuple whose
+  fields become arrays of the compiled solve (a new value is not a recompile);
+* ``init(problem, config)``: ``(state, counts, status)`` before the first iteration;
+* ``step(problem, state, counts, config, iteration)``: ``(state, counts, status)`` after one
+  outer iteration; it calls ``iteration.end`` once per iteration scipy would count (a
+  trust-region solver counts every trial step), which numbers it, calls the user's callback
+  and applies ``maxiter``;
+* ``result(problem, state)``: ``(x, fun, jac)`` as flat vectors.
+
+:func:`iterate` owns the ``lax.while_loop``, the status, the counters and the result;
+``minimize`` (in ``_minimize``) owns the options, ``throw`` and the eager call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import io_callback
+
+from .._errors import HVPError
+from ._problem import Problem, count
+from ._result import RUNNING, MinimizeResult, MinimizeStatus
+
+
+class Counts(NamedTuple):
+    """scipy's counters: iterations, objective, gradient and Hessian-product evaluations."""
+
+    nit: jax.Array
+    nfev: jax.Array
+    njev: jax.Array
+    nhev: jax.Array
+
+    @classmethod
+    def start(cls, nfev: int = 0, njev: int = 0) -> Counts:
+        return cls(count(), count() + nfev, count() + njev, count())
+
+
+class Solver(Protocol):
+    """What :func:`iterate` needs from a solver (see the module docstring)."""
+
+    NAME: str
+    TOL_OPTION: str
+    OPTIONS: tuple[str, ...]
+
+    def configure(self, options: dict, n: int) -> NamedTuple: ...
+    def init(self, problem: Problem, config: Any) -> tuple[Any, Counts, jax.Array]: ...
+    def step(
+        self, problem: Problem, state: Any, counts: Counts, config: Any, iteration: Iteration
+    ) -> tuple[Any, Counts, jax.Array]: ...
+    def result(self, problem: Problem, state: Any) -> tuple[jax.Array, jax.Array, jax.Array]: ...
+
+
+class Iteration:
+    """The end of an iteration, as scipy's loops end one: count it, call the callback
+    (``StopIteration`` there stops the run), then the solver's verdict, then ``maxiter``."""
+
+    def __init__(self, problem: Problem, maxiter: jax.Array, hook: Callable | None):
+        self.problem, self.maxiter, self.hook = problem, maxiter, hook
+
+    def end(
+        self,
+        counts: Counts,
+        x: jax.Array,
+        f: jax.Array,
+        finished: jax.Array,
+        *,
+        counted: Any = True,
+        limit: Any = True,
+    ) -> tuple[Counts, jax.Array]:
+        """``(counts, status)`` after an iteration that reached ``x`` (objective ``f``).
+
+        ``finished`` is the solver's verdict (``RUNNING``, ``SUCCESS`` or a failure);
+        ``counted`` False leaves everything as it was (a step scipy does not count);
+        ``limit`` False defers the ``maxiter`` test to the solver (trust-ncg tests it at the
+        next point, after the gradient test, as scipy does).
+        """
+        nit = counts.nit + 1
+        status = jnp.where(finished != RUNNING, finished, RUNNING)
+        status = jnp.where(
+            (status == RUNNING) & limit & (nit >= self.maxiter),
+            MinimizeStatus.MAX_ITERATIONS,
+            status,
+        ).astype(jnp.int32)
+        if self.hook is not None:
+            stop = lax.cond(counted, lambda: self._call_back(x, f, nit), lambda: jnp.asarray(False))
+            status = jnp.where(stop, MinimizeStatus.CALLBACK_STOPPED, status)
+        return (
+            counts._replace(nit=jnp.where(counted, nit, counts.nit)),
+            jnp.where(counted, status, finished).astype(jnp.int32),
+        )
+
+    def _call_back(self, x: jax.Array, f: jax.Array, nit: jax.Array) -> jax.Array:
+        shape = jax.ShapeDtypeStruct((), jnp.bool_)
+        return io_callback(self.hook, shape, self.problem.unravel(x), f, nit, ordered=False)
+
+
+def iterate(solver: Solver, problem: Problem, config: Any, hook: Callable | None) -> MinimizeResult:
+    """Runs ``solver`` on ``problem`` to the end: one ``lax.while_loop`` over its steps."""
+    iteration = Iteration(problem, config.maxiter, hook)
+    state, counts, status = solver.init(problem, config)
+
+    def step(carry: tuple) -> tuple:
+        return solver.step(problem, *carry[:2], config, iteration)
+
+    try:
+        state, counts, status = lax.while_loop(
+            lambda carry: carry[2] == RUNNING, step, (state, counts, status)
+        )
+    except Exception as error:
+        if hook is None or not any(w in str(error) for w in ("batched predicate", "vmap")):
+            raise
+        msg = (
+            "minimize(callback=...) cannot run under jax.vmap: JAX does not allow host "
+            "callbacks in a loop whose end differs across the batch. Call minimize without "
+            "callback under vmap, or loop over the problems in Python."
+        )
+        raise HVPError(msg) from None
+    x, fun, jac = solver.result(problem, state)
+    return MinimizeResult(
+        x=problem.unravel(x),
+        fun=fun,
+        jac=problem.unravel(jac),
+        nit=counts.nit,
+        nfev=counts.nfev,
+        njev=counts.njev,
+        nhev=counts.nhev,
+        success=status == MinimizeStatus.SUCCESS,
+        status=status,
+    )

@@ -1,0 +1,218 @@
+"""The objective as the solvers see it: flat vectors, with the gradient and Hessian products
+taken from ``fun`` by automatic differentiation or from the user's ``jac`` and ``hessp``.
+
+Also the argument checks every entry point of the package shares.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+from .._errors import HVPError
+from .._operator import hessian_operator
+
+
+def check_callable(fun: Any, name: str = "fun", form: str = "fun(x, *args) -> scalar") -> None:
+    """``fun`` must be callable, called as ``form``."""
+    if not callable(fun):
+        msg = f"{name} must be callable, as {form}, but got {type(fun)}."
+        raise TypeError(msg)
+
+
+def as_floating(tree: Any, name: str) -> Any:
+    """``tree`` with jax array leaves, all real floating; raises with the fix otherwise.
+
+    A list or tuple of Python numbers is one vector, as scipy reads ``x0=[-1.2, 1.0]``.
+    """
+    if isinstance(tree, (list, tuple)) and tree and all(_is_number(v) for v in tree):
+        tree = np.asarray(tree, dtype=float)
+    leaves = jax.tree_util.tree_leaves(tree)
+    if not leaves:
+        msg = f"{name} must contain at least one array, but got {tree!r}, which has no leaves."
+        raise HVPError(msg)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        where = f"{name}{jax.tree_util.keystr(path)}"
+        if not isinstance(leaf, (jax.Array, np.ndarray, np.generic, float, int)):
+            msg = f"{name} must be an array or a pytree of arrays, but {where} is a {type(leaf)}."
+            raise TypeError(msg)
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            msg = (
+                f"{name} must hold real floating arrays, but {where} has dtype {dtype}; "
+                "convert it, e.g. with .astype(float)."
+            )
+            raise HVPError(msg)
+    if sum(int(np.size(leaf)) for leaf in leaves) == 0:
+        msg = (
+            f"{name} has no elements (its arrays are all empty): there is nothing to minimise. "
+            "Pass at least one variable."
+        )
+        raise HVPError(msg)
+    return jax.tree_util.tree_map(jnp.asarray, tree)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def option_count(name: str, value: Any, minimum: int | None = None) -> None:
+    """Checks an iteration-count option: an int (not a bool) or None, at least ``minimum``
+    if given (scipy's own counts take any sign)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+        msg = f"options[{name!r}] must be an int or None, but got {type(value)}."
+        raise TypeError(msg)
+    if value is not None and minimum is not None and value < minimum:
+        msg = f"options[{name!r}] must be at least {minimum}, but got {value}."
+        raise HVPError(msg)
+
+
+def option_float(name: str, value: Any) -> float:
+    """A number option as a Python float (hashable, for the compiled-kernel cache key)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        msg = f"options[{name!r}] must be a number, but got {value!r}."
+        raise TypeError(msg) from None
+
+
+def finite(*values: jax.Array) -> jax.Array:
+    """Whether every element of every value is finite (NaN and Inf are not)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in values]))
+
+
+def count() -> jax.Array:
+    """A zero counter: counters are int32 arrays, as jax.scipy.optimize keeps them."""
+    return jnp.zeros((), jnp.int32)
+
+
+class Problem:
+    """``fun(x, *args)`` over one flat vector ``x``, with its derivatives.
+
+    ``jac`` is None (the gradient by reverse mode), True (``fun`` returns ``(value,
+    gradient)``) or a callable ``jac(x, *args)``; ``hessp`` is None (Hessian products
+    by forward-over-reverse differentiation of the gradient) or ``hessp(x, p, *args)``, in
+    which case nothing is differentiated twice. Built inside the solve's trace.
+    """
+
+    def __init__(self, fun: Callable, x0: Any, args: tuple, jac: Any = None, hessp: Any = None):
+        self.x0, self.unravel = ravel_pytree(x0)
+        self.treedef = jax.tree_util.tree_structure(x0)
+        self.dtype = self.x0.dtype
+        self._fun, self._jac, self._hessp, self._args = fun, jac, hessp, args
+
+    # --- the user's functions on flat vectors --------------------------------------------
+
+    def _call(self, x: jax.Array) -> Any:
+        return self._fun(self.unravel(x), *self._args)
+
+    def value(self, x: jax.Array) -> jax.Array:
+        """The objective at ``x``, a scalar of the solve's dtype."""
+        out = self._call(x)
+        if self._jac is True:
+            out = _pair(out)[0]
+        return _scalar(out, self.dtype)
+
+    def _value_and_grad(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Both, from the user's functions (not for the default, differentiated gradient)."""
+        if self._jac is True:
+            f, g = _pair(self._call(x))
+            return _scalar(f, self.dtype), self._flat(g, "the gradient fun returns")
+        return self.value(x), self._flat(self._jac(self.unravel(x), *self._args), "jac")
+
+    def _grad(self, x: jax.Array) -> jax.Array:
+        return self._value_and_grad(x)[1]
+
+    def _flat(self, tree: Any, name: str) -> jax.Array:
+        """A result of ``jac`` or ``hessp`` (structure of ``x0``) as a flat vector."""
+        structure = jax.tree_util.tree_structure(tree)
+        if structure != self.treedef:
+            msg = (
+                f"{name} must return a pytree with the structure of x0 ({self.treedef}), "
+                f"but returned {structure}."
+            )
+            raise HVPError(msg)
+        flat, _ = ravel_pytree(tree)
+        if flat.shape != self.x0.shape:
+            msg = (
+                f"{name} must return arrays with the shapes of x0 ({self.x0.size} elements in "
+                f"all), but returned {flat.size} elements."
+            )
+            raise HVPError(msg)
+        return flat.astype(self.dtype)
+
+    # --- what the solvers use ------------------------------------------------------------
+
+    def linearize(self, x: jax.Array) -> tuple[jax.Array, jax.Array, Callable]:
+        """``(value, gradient, v -> H v)`` at ``x``: one linearisation per point.
+
+        With neither ``jac`` nor ``hessp``, :func:`jaxhvp.hessian_operator` computes the value,
+        the gradient and the residuals of the product once (forward-over-reverse); each product
+        then runs only the linear sweep.
+        """
+        if self._hessp is not None:
+            f, g = self._value_and_grad_any(x)
+            return (
+                f,
+                g,
+                lambda v: self._flat(
+                    self._hessp(self.unravel(x), self.unravel(v), *self._args), "hessp"
+                ),
+            )
+        if self._jac is None:
+            op = hessian_operator(self.value, x)
+            return op.value.reshape(()), op.grad, op.mv
+        if self._jac is True:
+            (f, g), product = jax.linearize(lambda y: self._value_and_grad(y), x)
+            return f, g, lambda v: product(v)[1]
+        g, product = jax.linearize(self._grad, x)
+        return self.value(x), g, product
+
+    def _value_and_grad_any(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if self._jac is None:
+            return jax.value_and_grad(self.value)(x)
+        return self._value_and_grad(x)
+
+    def gradient(self, x: jax.Array) -> jax.Array:
+        """The gradient at ``x`` alone."""
+        return self._value_and_grad_any(x)[1]
+
+    def directional(self, x: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """``(f(x), <grad f(x), p>)``: a line-search trial, by one forward-mode product when
+        everything is differentiated, else from the (user's or reverse-mode) gradient: with
+        ``hessp``, ``fun`` need not support forward mode at all."""
+        if self._jac is None and self._hessp is None:
+            return jax.jvp(self.value, (x,), (p,))
+        f, g = self._value_and_grad_any(x)
+        return f, g @ p
+
+
+def _pair(out: Any) -> tuple[Any, Any]:
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        msg = (
+            "With jac=True, fun must return a pair (value, gradient), as scipy's "
+            f"minimize(jac=True) expects, but it returned {type(out).__name__}."
+        )
+        raise HVPError(msg)
+    return out[0], out[1]
+
+
+def _scalar(out: Any, dtype: Any) -> jax.Array:
+    """The objective's output as a scalar of the solve's dtype; checked at trace time."""
+    if not isinstance(out, (jax.Array, np.ndarray, float)) or np.size(out) != 1:
+        shape = getattr(out, "shape", None)
+        msg = (
+            "fun must return a single value (an array with one element), but returned "
+            f"{type(out).__name__} of shape {shape}; reduce it to a scalar, e.g. with .sum()."
+        )
+        raise HVPError(msg)
+    out = jnp.asarray(out)
+    if not jnp.issubdtype(out.dtype, jnp.floating):
+        msg = f"fun must return a floating value, but returned dtype {out.dtype}."
+        raise HVPError(msg)
+    return out.reshape(()).astype(dtype)
