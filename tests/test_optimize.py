@@ -148,6 +148,19 @@ def test_jac_and_hessp_over_a_pytree():
         jaxhvp.minimize(fun, params, method="newton-cg", jac=lambda p: p["b"])
 
 
+@pytest.mark.parametrize("method", ["newton-cg", "trust-ncg"])
+def test_jac_and_hessp_under_vmap(method):
+    starts = jnp.stack([jnp.asarray(X0), jnp.asarray(X0) + 0.3])
+    solve = jax.vmap(
+        lambda x0: jaxhvp.minimize(rosen, x0, method=method, jac=jax.grad(rosen), hessp=rosen_hessp)
+    )
+    batched = solve(starts)
+    for k, x0 in enumerate(starts):
+        alone = jaxhvp.minimize(rosen, x0, method=method)
+        np.testing.assert_allclose(batched.x[k], alone.x, rtol=1e-8)
+        assert int(batched.nit[k]) == int(alone.nit)
+
+
 def test_list_and_empty_x0():
     ours = jaxhvp.minimize(rosen, [-1.2, 1.0], method="newton-cg")
     np.testing.assert_allclose(ours.x, [1.0, 1.0], atol=1e-4)
@@ -160,18 +173,26 @@ def test_list_and_empty_x0():
 # --- what runs is what is counted --------------------------------------------------------------
 
 
-def test_trust_ncg_runs_the_objective_as_often_as_it_counts():
+@pytest.mark.parametrize("method", ["newton-cg", "trust-ncg"])
+def test_the_objective_runs_as_often_as_counted(method):
     runs = []
 
     def counted(x):
         jax.debug.callback(lambda: runs.append(1))
         return rosen(x)
 
-    result = jax.jit(lambda x0: jaxhvp.minimize(counted, x0, method="trust-ncg"))(X0)
+    result = jax.jit(lambda x0: jaxhvp.minimize(counted, x0, method=method))(X0)
     jax.block_until_ready(result)
-    # f(x0) and the gradient at x0 share one linearisation, as they share one count in scipy;
-    # every other value and gradient counted is one run.
-    assert len(runs) == int(result.nfev) + int(result.njev) - 1
+    nit, nfev, njev = int(result.nit), int(result.nfev), int(result.njev)
+    if method == "trust-ncg":
+        # f(x0) and the gradient at x0 share one linearisation, as they share one count in
+        # scipy; every other value and gradient counted is one run.
+        assert len(runs) == nfev + njev - 1
+    else:
+        # A trial is one run (value and slope: one nfev and one njev, as scipy counts them);
+        # each iteration's linearisation is one more (scipy has that gradient from the
+        # trial), f(x0) comes with the first, and the returned jac is one run.
+        assert len(runs) == (nfev - 1) + nit + 1
 
 
 # --- the step APIs keep learning -------------------------------------------------------------
