@@ -1,4 +1,4 @@
-"""The exception raised for invalid values, shared by every public function."""
+"""The exceptions raised for invalid values, shared by every public function."""
 
 
 class HVPError(ValueError, RuntimeError):
@@ -6,5 +6,14 @@ class HVPError(ValueError, RuntimeError):
 
     It is both a ``ValueError`` (the Python convention) and a ``RuntimeError`` (what
     ``torch.autograd.functional`` raises), so code ported from PyTorch that catches
-    ``RuntimeError`` keeps working. Wrong *types* raise ``TypeError`` instead.
+    ``RuntimeError`` keeps working. Wrong *types* raise ``TypeError`` instead. Where torch
+    raises a narrower class, the error is also an instance of it (see the subclasses below).
     """
+
+
+class StrategyError(HVPError, AssertionError):
+    """An unknown ``outer_jacobian_strategy``: torch's ``hessian`` raises ``AssertionError``."""
+
+
+class NotSupportedError(HVPError, NotImplementedError):
+    """A combination of ``hessian`` options torch has not implemented (``NotImplementedError``)."""

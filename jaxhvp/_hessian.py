@@ -11,9 +11,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from . import _eager, _strict
-from ._errors import HVPError
-from ._inputs import as_inputs
-from ._modes import check_callable, fwd_rev, rev_rev, scalar_fn
+from ._errors import HVPError, NotSupportedError, StrategyError
+from ._inputs import as_inputs, check_input_types
+from ._modes import check_callable, fwd_rev, output_fn, rev_rev, scalar_fn
 from ._products import detach
 
 _STRATEGIES = ("forward-mode", "reverse-mode")
@@ -48,6 +48,12 @@ def hessian(
       ``s_i + s_j``. For any other pytree, that pytree with each leaf ``i`` replaced by a
       pytree of blocks ``[i][j]`` (the nesting ``jax.hessian`` uses).
 
+    Raises:
+      TypeError, HVPError: as :func:`hvp`, in torch's order of checks. Where torch raises a
+        narrower class, the ``HVPError`` is also one: ``AssertionError`` for an unknown
+        ``outer_jacobian_strategy``, ``NotImplementedError`` for ``"forward-mode"`` with
+        ``create_graph=True`` or ``vectorize=False``.
+
     Examples:
       >>> import jax.numpy as jnp
       >>> import jaxhvp
@@ -56,13 +62,13 @@ def hessian(
              [ 0., 12.]], dtype=float32)
     """
     fn_name = "hessian"
-    check_callable(func, fn_name)
+    check_input_types(inputs, fn_name)  # torch's order of checks, up to calling func
     if outer_jacobian_strategy not in _STRATEGIES:
         msg = (
-            'Expected strategy to be either "forward-mode" or "reverse-mode", but got '
+            'Expected strategy to be either "forward-mode" or "reverse-mode". Got '
             f"{outer_jacobian_strategy!r}."
         )
-        raise HVPError(msg)
+        raise StrategyError(msg)
     forward = outer_jacobian_strategy == "forward-mode"
     if forward and create_graph:
         msg = (
@@ -70,7 +76,7 @@ def hessian(
             '`strategy="forward-mode"` are not supported together (yet). Please either set '
             '`create_graph=False` or `strategy="reverse-mode"`.'
         )
-        raise HVPError(msg)
+        raise NotSupportedError(msg)
     if forward and strict:
         msg = (
             "torch.autograd.functional.jacobian: `strict=True` and "
@@ -78,19 +84,15 @@ def hessian(
             '`strict=False` or `strategy="reverse-mode"`.'
         )
         raise HVPError(msg)
-    as_inputs(inputs, fn_name)
     if forward and not vectorize:
+        # torch's wording, missing space included: our message starts with torch's.
         msg = (
-            "Computing Jacobian using forward-AD or forward-over-reverse Hessian is only "
-            "implemented for `vectorize=True`."
+            "Computing Jacobian using forward-AD or forward-over-reverse Hessian is"
+            "only implemented for `vectorize=True`."
         )
-        raise HVPError(msg)
-    if strict and vectorize:
-        msg = (
-            "torch.autograd.functional.jacobian: `strict=True` and `vectorized=True` are not "
-            "supported together. Please either set `strict=False` or `vectorize=False`."
-        )
-        raise HVPError(msg)
+        raise NotSupportedError(msg)
+    as_inputs(inputs, fn_name, forward=forward)
+    check_callable(func, fn_name)
 
     options = (bool(create_graph), bool(strict), forward, bool(vectorize))
     return _eager.call(_hessian, options, func, (inputs,), jit=jit)
@@ -104,9 +106,17 @@ def _hessian(
     grad_fn = jax.grad(scalar, has_aux=True)
     dense = functools.partial(dense_hessian, scalar, forward=forward, vectorize=vectorize)
     if strict:
+        output = output_fn(func, spec, has_aux=False)
         grad_depends = _strict.check_gradient(
-            lambda p: scalar(p)[0], lambda p: grad_fn(p)[0], spec, name_unused_inputs=False
+            lambda p: output(p)[0], lambda p: grad_fn(p)[0], spec, name_unused_inputs=False
         )
+        if vectorize:  # torch raises this after its checks of the output and gradient
+            msg = (
+                "torch.autograd.functional.jacobian: `strict=True` and `vectorized=True` are "
+                "not supported together. Please either set `strict=False` or "
+                "`vectorize=False`."
+            )
+            raise HVPError(msg)
         _strict.check_hessian_blocks(grad_depends, dense if create_graph else None, spec)
     return detach(dense(spec.primals), create_graph)
 

@@ -52,20 +52,48 @@ class Inputs:
         return f"{index} (inputs{jax.tree_util.keystr(path)})"
 
 
-def as_inputs(inputs: Any, fn_name: str) -> Inputs:
-    """Checks ``inputs`` as torch does and converts numpy leaves to jax arrays."""
+def as_inputs(inputs: Any, fn_name: str, *, forward: bool = False) -> Inputs:
+    """Checks ``inputs`` as torch does (types, then dtypes) and converts numpy leaves.
+
+    ``forward`` words a non-floating dtype as torch's forward-mode ``hessian`` does.
+    """
+    spec = _checked_inputs(inputs, fn_name, forward)
+    _require_arrays(spec)
+    return spec
+
+
+def as_primals_and_tangents(inputs: Any, v: Any, fn_name: str) -> tuple[Inputs, Any]:
+    """``hvp``'s and ``vhp``'s ``inputs`` and ``v``, checked in torch's order.
+
+    Torch checks the types and dtypes of ``inputs``, then ``v``; so ``v=None`` with no array
+    in ``inputs`` reports ``v``.
+    """
+    spec = _checked_inputs(inputs, fn_name, forward=False)
+    vector = as_tangents(v, spec)
+    _require_arrays(spec)
+    return spec, vector
+
+
+def check_input_types(inputs: Any, fn_name: str) -> None:
+    """torch's first check: ``inputs`` is an array, a tuple of them, or (jaxhvp) a pytree."""
     _check_leaf_types(inputs, "inputs", fn_name)
-    leaves = jax.tree_util.tree_leaves(inputs)
-    if not leaves:
-        msg = (
-            f"The inputs given to {fn_name} must contain at least one array, but got "
-            f"{inputs!r}, which has no array leaves."
-        )
-        raise HVPError(msg)
+
+
+def _checked_inputs(inputs: Any, fn_name: str, forward: bool) -> Inputs:
+    check_input_types(inputs, fn_name)
     primals = jax.tree_util.tree_map(jnp.asarray, inputs)
     for path, x in jax.tree_util.tree_flatten_with_path(primals)[0]:
-        _check_float_dtype(x, f"inputs{jax.tree_util.keystr(path)}", fn_name)
+        _check_float_dtype(x, f"inputs{jax.tree_util.keystr(path)}", fn_name, forward)
     return Inputs(primals, type(inputs) is tuple, fn_name)
+
+
+def _require_arrays(inputs: Inputs) -> None:
+    if not jax.tree_util.tree_leaves(inputs.primals):
+        msg = (
+            f"The inputs given to {inputs.fn_name} must contain at least one array, but got "
+            f"{inputs.primals!r}, which has no array leaves."
+        )
+        raise HVPError(msg)
 
 
 def as_tangents(v: Any, inputs: Inputs) -> Any:
@@ -81,8 +109,8 @@ def as_tangents(v: Any, inputs: Inputs) -> Any:
             raise HVPError(msg)
         return jax.tree_util.tree_map(jnp.ones_like, primals)
 
-    if is_array(primals) and type(v) is tuple:
-        # torch accepts a 1-tuple holding the one vector.
+    _check_vector_types(v, inputs)
+    if is_array(primals) and type(v) is tuple:  # torch accepts a 1-tuple holding the vector
         if len(v) != 1:
             msg = "The given v should contain a single Tensor."
             raise HVPError(msg)
@@ -90,17 +118,9 @@ def as_tangents(v: Any, inputs: Inputs) -> Any:
     if inputs.is_tuple:
         if is_array(v):
             v = (v,)
-        if type(v) is not tuple:
-            _raise_type(v, "v", fn_name, where=None)
         if len(v) != len(primals):
             msg = f"v is a tuple of invalid length: should be {len(primals)} but got {len(v)}."
             raise HVPError(msg)
-        for i, (vi, xi) in enumerate(zip(v, primals)):
-            if is_array(xi) and not is_array(vi):
-                _raise_type(vi, "v", fn_name, where=f"index {i}")
-    elif is_array(primals) and not is_array(v):
-        _raise_type(v, "v", fn_name, where=None)
-    _check_leaf_types(v, "v", fn_name)
 
     v_tree, x_tree = jax.tree_util.tree_structure(v), jax.tree_util.tree_structure(primals)
     if v_tree != x_tree:
@@ -111,36 +131,42 @@ def as_tangents(v: Any, inputs: Inputs) -> Any:
         )
         raise HVPError(msg)
     v = jax.tree_util.tree_map(jnp.asarray, v)
-    for (path, vi), xi in zip(
-        jax.tree_util.tree_flatten_with_path(v)[0], jax.tree_util.tree_leaves(primals)
-    ):
-        prefix = _entry_prefix(inputs, path)
+    pairs = list(
+        zip(jax.tree_util.tree_flatten_with_path(v)[0], jax.tree_util.tree_leaves(primals))
+    )
+    for (path, vi), xi in pairs:  # torch checks every size; dtypes are jaxhvp's check, after
         if vi.shape != xi.shape:
             msg = (
-                f"{prefix}v has invalid size: should be {tuple(xi.shape)} but got "
-                f"{tuple(vi.shape)}."
+                f"{_entry_prefix(inputs, path)}v has invalid size: should be {tuple(xi.shape)} "
+                f"but got {tuple(vi.shape)}."
             )
             raise HVPError(msg)
+    for (path, vi), xi in pairs:
         if vi.dtype != xi.dtype:
             msg = (
-                f"{prefix}v has invalid dtype: should be {xi.dtype} but got {vi.dtype}. "
-                f"Cast it to the input's dtype, e.g. v.astype(jnp.{xi.dtype})."
+                f"{_entry_prefix(inputs, path)}v has invalid dtype: should be {xi.dtype} but got "
+                f"{vi.dtype}. Cast it to the input's dtype, e.g. v.astype(jnp.{xi.dtype})."
             )
             raise HVPError(msg)
     return v
 
 
-def check_output(out: Any, fn_name: str) -> None:
-    """Checks that ``func`` returned a single real array with one element, in torch's words."""
+def check_output_types(out: Any, fn_name: str) -> None:
+    """torch's first check of ``func``'s output: an array or a tuple of them (``TypeError``)."""
     what = "outputs of the user-provided function"
     if type(out) is tuple:
         for i, el in enumerate(out):
             if not is_array(el):
                 _raise_type(el, what, fn_name, where=f"index {i}")
+    elif not is_array(out):
+        _raise_type(out, what, fn_name, where=None)
+
+
+def check_single_output(out: Any, fn_name: str) -> None:
+    """torch's checks after strict mode's: a single array with one element; and a real one."""
+    if type(out) is tuple:
         msg = f"The function given to {fn_name} should return a single Tensor"
         raise HVPError(msg)
-    if not is_array(out):
-        _raise_type(out, what, fn_name, where=None)
     if out.size != 1:
         msg = (
             f"The Tensor returned by the function given to {fn_name} should contain a single "
@@ -165,17 +191,33 @@ def _entry_prefix(inputs: Inputs, path: tuple) -> str:
     return f"Entry {jax.tree_util.keystr(path)} in "
 
 
+def _check_vector_types(v: Any, inputs: Inputs) -> None:
+    """torch's ``_as_tuple(v)``: the type of every entry, before any length or size."""
+    primals, fn_name = inputs.primals, inputs.fn_name
+    if type(v) is tuple and (is_array(primals) or inputs.is_tuple):
+        for i, entry in enumerate(v):
+            # An entry may be a pytree only where the input's entry is one (jaxhvp's extension).
+            pytree_entry = inputs.is_tuple and i < len(primals) and not is_array(primals[i])
+            if entry is None or not (pytree_entry or is_array(entry)):
+                _raise_type(entry, "v", fn_name, where=f"index {i}")
+    elif (is_array(primals) or inputs.is_tuple) and not is_array(v):
+        _raise_type(v, "v", fn_name, where=None)
+    _check_leaf_types(v, "v", fn_name)
+
+
 def _check_leaf_types(tree: Any, what: str, fn_name: str) -> None:
+    """Raises for the first entry that is not an array, in order; pytrees of arrays are fine."""
     if tree is None:
         _raise_type(tree, what, fn_name, where=None)
-    if type(tree) is tuple:  # torch's tuple rule: every entry is a Tensor, never None
-        for i, entry in enumerate(tree):
-            if entry is None:
-                _raise_type(entry, what, fn_name, where=f"index {i}")
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        if not is_array(leaf):
-            where = None if not path else _where(path)
-            _raise_type(leaf, what, fn_name, where=where)
+    entries = enumerate(tree) if type(tree) is tuple else [(None, tree)]
+    for i, entry in entries:
+        if entry is None:  # torch's tuple rule: an entry is never None
+            _raise_type(entry, what, fn_name, where=f"index {i}")
+        prefix = () if i is None else (jax.tree_util.SequenceKey(i),)
+        for path, leaf in jax.tree_util.tree_flatten_with_path(entry)[0]:
+            if not is_array(leaf):
+                path = prefix + path
+                _raise_type(leaf, what, fn_name, where=_where(path) if path else None)
 
 
 def _where(path: tuple) -> str:
@@ -193,16 +235,24 @@ def _raise_type(value: Any, what: str, fn_name: str, where: str | None) -> None:
     raise TypeError(msg)
 
 
-def _check_float_dtype(x: jax.Array, where: str, fn_name: str) -> None:
+def _check_float_dtype(x: jax.Array, where: str, fn_name: str, forward: bool) -> None:
     if jnp.issubdtype(x.dtype, jnp.complexfloating):
         msg = (
             f"{fn_name} does not support complex inputs, but {where} has dtype {x.dtype}. "
             "Pass the real and imaginary parts as two real arrays instead."
         )
         raise HVPError(msg)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        return
+    if forward:  # torch's forward-mode hessian reports it from its dual numbers
+        msg = (
+            f"Expected primal to be floating point or complex, but got: {x.dtype}. jaxhvp's "
+            f"{fn_name} takes real floating inputs only, and {where} is not one: cast it, for "
+            "example x.astype(jnp.float32)."
+        )
+    else:
         msg = (
             f"only Tensors of floating point dtype can require gradients, but {where} given "
             f"to {fn_name} has dtype {x.dtype}. Cast it, for example x.astype(jnp.float32)."
         )
-        raise HVPError(msg)
+    raise HVPError(msg)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from ._errors import HVPError
-from ._inputs import Inputs, check_output
+from ._inputs import Inputs, check_output_types, check_single_output
 
 
 def fwd_rev(scalar: Callable, primals: Any, vector: Any) -> tuple[Any, Any]:
@@ -59,10 +59,10 @@ def resolve_mode(mode: Any, fn_name: str) -> Callable | str:
     raise HVPError(msg)
 
 
-def scalar_fn(func: Callable, inputs: Inputs, has_aux: bool) -> Callable[[Any], Any]:
-    """``primals -> (value to differentiate, (func_output, aux))``, checking the output."""
+def output_fn(func: Callable, inputs: Inputs, has_aux: bool) -> Callable[[Any], Any]:
+    """``primals -> (func_output, aux)``, the output checked for its type only (torch's first)."""
 
-    def scalar(primals: Any) -> tuple[jax.Array, Any]:
+    def output(primals: Any) -> tuple[Any, Any]:
         result = inputs.call(func, primals)
         if has_aux:
             if not (isinstance(result, tuple) and len(result) == 2):
@@ -76,7 +76,19 @@ def scalar_fn(func: Callable, inputs: Inputs, has_aux: bool) -> Callable[[Any], 
             out, aux = result
         else:
             out, aux = result, None
-        check_output(out, inputs.fn_name)
+        check_output_types(out, inputs.fn_name)
+        return out, aux
+
+    return output
+
+
+def scalar_fn(func: Callable, inputs: Inputs, has_aux: bool) -> Callable[[Any], Any]:
+    """``primals -> (value to differentiate, (func_output, aux))``, checking the output."""
+    output = output_fn(func, inputs, has_aux)
+
+    def scalar(primals: Any) -> tuple[jax.Array, Any]:
+        out, aux = output(primals)
+        check_single_output(out, inputs.fn_name)
         value = out.reshape(())
         if not jnp.issubdtype(value.dtype, jnp.floating):
             # An integer or bool output is a constant, as in torch: its derivatives are zero.
@@ -87,9 +99,14 @@ def scalar_fn(func: Callable, inputs: Inputs, has_aux: bool) -> Callable[[Any], 
 
 
 def check_callable(func: Any, fn_name: str) -> None:
-    if not callable(func):
+    """Raises Python's own error for calling ``func`` (torch's), then what jaxhvp expects."""
+    if callable(func):
+        return
+    try:
+        func()  # not callable, so this runs no code: it raises Python's own TypeError
+    except TypeError as error:
         msg = (
-            f"The func given to {fn_name} must be callable (a function of the inputs that "
-            f"returns a single-element array), but got {type(func)}."
+            f"{error}. The func given to {fn_name} must be callable (a function of the inputs "
+            f"that returns a single-element array), but got {type(func)}."
         )
-        raise TypeError(msg)
+        raise TypeError(msg) from None

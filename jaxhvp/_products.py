@@ -9,8 +9,8 @@ import jax
 from jax import lax
 
 from . import _eager, _strict
-from ._inputs import as_inputs, as_tangents
-from ._modes import AUTO, check_callable, resolve_mode, scalar_fn
+from ._inputs import as_primals_and_tangents
+from ._modes import AUTO, check_callable, output_fn, resolve_mode, scalar_fn
 
 
 def detach(tree: Any, create_graph: bool) -> Any:
@@ -30,7 +30,8 @@ def product(
     jit: bool,
 ) -> Any:
     """Validates the options of a product and evaluates it, eagerly through the cache."""
-    if not callable(func):
+    if not callable(func):  # torch checks inputs and v before it calls func
+        as_primals_and_tangents(inputs, v, fn_name)
         check_callable(func, fn_name)  # raises
     try:
         options = _options[fn_name, mode, create_graph, strict, has_aux]
@@ -62,12 +63,11 @@ def _product(
     strict: bool,
     has_aux: bool,
 ) -> Any:
-    spec = as_inputs(inputs, fn_name)
-    vector = as_tangents(v, spec)
+    spec, vector = as_primals_and_tangents(inputs, v, fn_name)
     scalar = scalar_fn(func, spec, has_aux)
     if strict:
         product_fn = (lambda p: compose(scalar, p, vector)[0]) if create_graph else None
-        _strict.check_product(scalar, spec, product_fn)
+        _strict.check_product(output_fn(func, spec, has_aux), scalar, spec, product_fn)
     prod, (_, (out, aux)) = compose(scalar, spec.primals, vector)
     result = (detach(out, create_graph), detach(prod, create_graph))
     return (*result, aux) if has_aux else result

@@ -21,15 +21,36 @@ from ._errors import HVPError
 from ._inputs import Inputs
 
 
-def check_product(scalar: Callable, inputs: Inputs, product_fn: Callable | None) -> None:
-    """hvp's and vhp's strict checks; ``product_fn`` (with create_graph) maps primals to it."""
+def check_product(
+    output: Callable, scalar: Callable, inputs: Inputs, product_fn: Callable | None
+) -> None:
+    """hvp's and vhp's strict checks, in torch's order.
+
+    ``output`` maps primals to ``func``'s output (as ``output_fn`` builds it), ``scalar`` to
+    the value differentiated, and ``product_fn`` (given with create_graph) to the product.
+    """
     grad_depends = check_gradient(
-        lambda p: scalar(p)[0], lambda p: jax.grad(scalar, has_aux=True)(p)[0], inputs
+        lambda p: output(p)[0], lambda p: jax.grad(scalar, has_aux=True)(p)[0], inputs
     )
-    if inputs.fn_name == "vhp":
-        check_columns(grad_depends, inputs)
-    if product_fn is not None:
-        check_product_depends(product_fn, inputs)
+    # Torch checks each input's product entry in turn: is it there, then does it depend.
+    columns = grad_depends.any(axis=0)
+    product_depends = (
+        None if product_fn is None else tangent_dependence(product_fn, inputs.primals).any(axis=1)
+    )
+    for i in range(len(columns)):
+        if inputs.fn_name == "vhp" and not columns[i]:
+            msg = (
+                "The jacobian of the user-provided function is independent of input "
+                f"{inputs.leaf_name(i)}. This is not allowed in strict mode."
+            )
+            raise HVPError(msg)
+        if product_depends is not None and not product_depends[i]:
+            msg = (
+                "The hessian of the user-provided function is independent of input "
+                f"{inputs.leaf_name(i)}. This is not allowed in strict mode when "
+                "create_graph=True."
+            )
+            raise HVPError(msg)
 
 
 def tangent_dependence(fn: Callable[[Any], Any], primals: Any) -> np.ndarray:
@@ -86,32 +107,37 @@ def _inlinable_jaxpr(eqn: Any) -> Any:
 # --- torch's strict-mode checks, in torch's order and wording --------------------------------
 
 
-def check_output(scalar_fn: Callable, inputs: Inputs) -> np.ndarray:
-    """Raises when the output depends on no input (torch: "does not require gradients")."""
-    (depends,) = tangent_dependence(scalar_fn, inputs.primals)
-    if not depends.any():
-        msg = (
-            "Output 0 of the user-provided function does not require gradients. The outputs "
-            "must be computed in a differentiable manner from the input when running in "
-            "strict mode."
-        )
-        raise HVPError(msg)
+def check_output(output_fn: Callable, inputs: Inputs) -> np.ndarray:
+    """Raises when an output depends on no input (torch: "does not require gradients").
+
+    ``output_fn`` returns ``func``'s output as given, an array or a tuple of them: torch checks
+    every entry before it checks that there is a single one. Returns the dependence matrix.
+    """
+    depends = tangent_dependence(output_fn, inputs.primals)
+    for i, row in enumerate(depends):
+        if not row.any():
+            msg = (
+                f"Output {i} of the user-provided function does not require gradients. The "
+                "outputs must be computed in a differentiable manner from the input when "
+                "running in strict mode."
+            )
+            raise HVPError(msg)
     return depends
 
 
 def check_gradient(
-    scalar_fn: Callable, grad_fn: Callable, inputs: Inputs, *, name_unused_inputs: bool = True
+    output_fn: Callable, grad_fn: Callable, inputs: Inputs, *, name_unused_inputs: bool = True
 ) -> np.ndarray:
-    """Torch's checks of the gradient ("jacobian") of ``func``; returns its dependence.
+    """Torch's checks of the output, then of its gradient ("jacobian"); returns its dependence.
 
     ``hessian`` passes ``name_unused_inputs=False``: torch's hessian reports an input the
     output ignores through the zero gradient it gets, with the jacobian message.
     """
-    output_depends = check_output(scalar_fn, inputs)
-    grad_depends = tangent_dependence(grad_fn, inputs.primals)
+    output_depends = check_output(output_fn, inputs)
+    grad_depends = tangent_dependence(grad_fn, inputs.primals)  # checks: a single output
     for i, row in enumerate(grad_depends):
         name = inputs.leaf_name(i)
-        if name_unused_inputs and not output_depends[i]:
+        if name_unused_inputs and not output_depends[0, i]:
             msg = (
                 f"The output of the user-provided function is independent of input {name}. "
                 "This is not allowed in strict mode."
@@ -129,33 +155,17 @@ def check_gradient(
     return grad_depends
 
 
-def check_columns(grad_depends: np.ndarray, inputs: Inputs) -> None:
-    """vhp's check: some gradient entry must depend on each input."""
-    for i, column in enumerate(grad_depends.T):
-        if not column.any():
-            msg = (
-                "The jacobian of the user-provided function is independent of input "
-                f"{inputs.leaf_name(i)}. This is not allowed in strict mode."
-            )
-            raise HVPError(msg)
-
-
-def check_product_depends(product_fn: Callable, inputs: Inputs) -> None:
-    """create_graph=True: each product entry must still depend on the inputs."""
-    for i, row in enumerate(tangent_dependence(product_fn, inputs.primals)):
-        if not row.any():
-            msg = (
-                "The hessian of the user-provided function is independent of input "
-                f"{inputs.leaf_name(i)}. This is not allowed in strict mode when "
-                "create_graph=True."
-            )
-            raise HVPError(msg)
-
-
 def check_hessian_blocks(
     grad_depends: np.ndarray, hessian_fn: Callable | None, inputs: Inputs
 ) -> None:
-    """hessian's checks: no structurally zero block; with create_graph, no constant block."""
+    """hessian's checks of each block in torch's order: not zero, then (create_graph) not constant.
+
+    ``hessian_fn``, given with create_graph, maps primals to the Hessian.
+    """
+    n = grad_depends.shape[0]
+    blocks = None
+    if hessian_fn is not None:
+        blocks = tangent_dependence(hessian_fn, inputs.primals).reshape(n, n, n).any(axis=-1)
     for i, row in enumerate(grad_depends):
         for j, depends in enumerate(row):
             if not depends:
@@ -164,15 +174,10 @@ def check_hessian_blocks(
                     f" of input {inputs.leaf_name(j)}. This is not allowed in strict mode."
                 )
                 raise HVPError(msg)
-    if hessian_fn is None:
-        return
-    n = grad_depends.shape[0]
-    blocks = tangent_dependence(hessian_fn, inputs.primals).reshape(n, n, n)
-    for i in range(n):
-        if not blocks[i].any(axis=-1).all():
-            msg = (
-                "The jacobian of the user-provided function is independent of input "
-                f"{inputs.leaf_name(i)}. This is not allowed in strict mode when "
-                "create_graph=True."
-            )
-            raise HVPError(msg)
+            if blocks is not None and not blocks[i, j]:
+                msg = (
+                    "The jacobian of the user-provided function is independent of input "
+                    f"{inputs.leaf_name(i)}. This is not allowed in strict mode when "
+                    "create_graph=True."
+                )
+                raise HVPError(msg)

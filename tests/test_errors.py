@@ -161,6 +161,38 @@ def test_func_must_be_callable(name):
         _call(name, 3, *args)
 
 
+@pytest.mark.parametrize("name", [*FUNCTIONS, "hessian"])
+def test_func_not_callable_says_what_python_says(name):
+    args = (jnp.ones(2),) if name == "hessian" else (jnp.ones(2), jnp.ones(2))
+    with pytest.raises(TypeError) as error:
+        _call(name, np.ones(2), *args)
+    assert str(error.value).startswith("'numpy.ndarray' object is not callable. The func given")
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_v_entries_may_be_pytrees_where_inputs_entries_are(name):
+    # jaxhvp's extension: a tuple of pytrees is func(*inputs); v follows it entry by entry.
+    def f(params, x):
+        return (params["w"] ** 3).sum() + (x**3).sum()
+
+    inputs = ({"w": jnp.ones(2)}, jnp.ones(3))
+    _, (hw, hx) = _call(name, f, inputs, ({"w": jnp.ones(2)}, jnp.ones(3)))
+    np.testing.assert_allclose(hw["w"], 6 * np.ones(2))
+    np.testing.assert_allclose(hx, 6 * np.ones(3))
+    message = "The v given to {} must be either a Tensor or a tuple of Tensors but the value at "
+    with pytest.raises(TypeError, match=re.escape(message.format(name) + "[0]['w'] has type")):
+        _call(name, f, inputs, ({"w": 1.0}, jnp.ones(3)))
+    with pytest.raises(TypeError, match=re.escape(message.format(name) + "index 1 has type")):
+        _call(name, f, inputs, ({"w": jnp.ones(2)}, {"x": jnp.ones(3)}))
+
+
+@pytest.mark.parametrize("name", FUNCTIONS)
+def test_v_none_with_no_arrays_reports_v_as_torch_does(name):
+    message = "The vector v can only be None if the input"
+    with pytest.raises(HVPError, match=message):
+        _call(name, lambda p: jnp.ones(()), {}, None)
+
+
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_inputs_without_arrays_are_rejected(name):
     with pytest.raises(HVPError, match="must contain at least one array"):
@@ -196,12 +228,14 @@ HESSIAN_OPTION_CASES = [
 
 @pytest.mark.parametrize(("options", "message"), HESSIAN_OPTION_CASES)
 def test_hessian_rejects_what_torch_rejects(options, message):
-    with pytest.raises((AssertionError, RuntimeError)):
+    with pytest.raises((AssertionError, RuntimeError)) as torch_error:
         torch_functional.hessian(
             lambda x: (x**3).sum(), torch.ones(2, dtype=torch.float64), **options
         )
-    with pytest.raises(HVPError, match=re.escape(message)):
+    # An HVPError, and also the class torch raises (AssertionError, NotImplementedError).
+    with pytest.raises(HVPError, match=re.escape(message)) as error:
         jaxhvp.hessian(cube, jnp.ones(2), **options)
+    assert isinstance(error.value, torch_error.type)
 
 
 def test_hessian_checks_output_like_hvp():
