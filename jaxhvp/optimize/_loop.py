@@ -8,9 +8,10 @@ A solver is an object with four attributes and four methods:
   fields become arrays of the compiled solve (a new value is not a recompile);
 * ``init(problem, config)``: ``(state, counts, status)`` before the first iteration;
 * ``step(problem, state, counts, config, iteration)``: ``(state, counts, status)`` after one
-  outer iteration; it calls ``iteration.end`` once per iteration scipy would count (a
-  trust-region solver counts every trial step), which numbers it, calls the user's callback
-  and applies ``maxiter``;
+  outer iteration; it ends every iteration scipy would count (a trust-region solver counts
+  every trial step) with ``iteration.end``, which numbers it and calls the user's callback
+  (its status tests, ``iteration.over_limit`` among them, are the solver's, in scipy's
+  order);
 * ``result(problem, state)``: ``(x, fun, jac)`` as flat vectors.
 
 :func:`iterate` owns the ``lax.while_loop``, the status, the counters and the result;
@@ -61,43 +62,30 @@ class Solver(Protocol):
 
 
 class Iteration:
-    """The end of an iteration, as scipy's loops end one: count it, call the callback
-    (``StopIteration`` there stops the run), then the solver's verdict, then ``maxiter``."""
+    """The end of an iteration, as scipy's loops end one: count it, then call the callback
+    (``StopIteration`` there stops the run). Solvers build their status from their own tests
+    and :meth:`over_limit` in the order scipy makes them."""
 
     def __init__(self, problem: Problem, maxiter: jax.Array, hook: Callable | None):
         self.problem, self.maxiter, self.hook = problem, maxiter, hook
 
-    def end(
-        self,
-        counts: Counts,
-        x: jax.Array,
-        f: jax.Array,
-        finished: jax.Array,
-        *,
-        counted: Any = True,
-        limit: Any = True,
-    ) -> tuple[Counts, jax.Array]:
-        """``(counts, status)`` after an iteration that reached ``x`` (objective ``f``).
+    def over_limit(self, nit: jax.Array) -> jax.Array:
+        """Whether ``nit`` iterations use up ``maxiter``."""
+        return nit >= self.maxiter
 
-        ``finished`` is the solver's verdict (``RUNNING``, ``SUCCESS`` or a failure);
-        ``counted`` False leaves everything as it was (a step scipy does not count);
-        ``limit`` False defers the ``maxiter`` test to the solver (trust-ncg tests it at the
-        next point, after the gradient test, as scipy does).
+    def end(
+        self, counts: Counts, x: jax.Array, f: jax.Array, status: jax.Array, counted: Any = True
+    ) -> tuple[Counts, jax.Array]:
+        """``(counts, status)`` after an iteration that reached ``x`` (objective ``f``) with
+        ``status``; ``counted`` False is a step scipy does not count (no number, no callback).
         """
-        nit = counts.nit + 1
-        status = jnp.where(finished != RUNNING, finished, RUNNING)
-        status = jnp.where(
-            (status == RUNNING) & limit & (nit >= self.maxiter),
-            MinimizeStatus.MAX_ITERATIONS,
-            status,
-        ).astype(jnp.int32)
+        counts = counts._replace(nit=counts.nit + counted)
         if self.hook is not None:
-            stop = lax.cond(counted, lambda: self._call_back(x, f, nit), lambda: jnp.asarray(False))
+            stop = lax.cond(
+                counted, lambda: self._call_back(x, f, counts.nit), lambda: jnp.asarray(False)
+            )
             status = jnp.where(stop, MinimizeStatus.CALLBACK_STOPPED, status)
-        return (
-            counts._replace(nit=jnp.where(counted, nit, counts.nit)),
-            jnp.where(counted, status, finished).astype(jnp.int32),
-        )
+        return counts, status.astype(jnp.int32)
 
     def _call_back(self, x: jax.Array, f: jax.Array, nit: jax.Array) -> jax.Array:
         shape = jax.ShapeDtypeStruct((), jnp.bool_)

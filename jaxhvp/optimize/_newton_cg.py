@@ -126,9 +126,13 @@ class NewtonCG:
         moved = status == RUNNING
         x_new = s.x + update
         converged = step_norm <= problem.x0.size * config.xtol  # scipy's rule: the 1-norm
-        finished = jnp.where(converged, MinimizeStatus.SUCCESS, running())
-        finished = jnp.where(finite(f_new, step_norm), finished, MinimizeStatus.NONFINITE)
-        ended, status_after = iteration.end(counts, x_new, f_new, finished, counted=moved)
+        # After a step, as scipy tests it: NaN, convergence, then the iteration limit.
+        after = jnp.where(
+            iteration.over_limit(counts.nit + 1), MinimizeStatus.MAX_ITERATIONS, running()
+        )
+        after = jnp.where(converged, MinimizeStatus.SUCCESS, after)
+        after = jnp.where(finite(f_new, step_norm), after, MinimizeStatus.NONFINITE)
+        ended, status = iteration.end(counts, x_new, f_new, jnp.where(moved, after, status), moved)
         counts = ended._replace(
             nfev=counts.nfev + found.nfev,
             njev=counts.njev + found.njev,
@@ -140,7 +144,7 @@ class NewtonCG:
             f_old=jnp.where(moved, f, s.f_old),
             first=jnp.asarray(False),
         )
-        return state, counts, jnp.where(moved, status_after, status)
+        return state, counts, status
 
     def result(self, problem: Problem, s: State) -> tuple[jax.Array, jax.Array, jax.Array]:
         # The gradient at x was computed by the last line search (scipy counts it there) as

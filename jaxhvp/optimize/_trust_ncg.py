@@ -122,7 +122,7 @@ class TrustNCG:
         # The tests scipy makes at a new point: NaN, the gradient, then the iterations left
         # (not before the first iteration: scipy makes one even with maxiter <= 0).
         status = jnp.where(
-            (counts.nit > 0) & (counts.nit >= config.maxiter),
+            (counts.nit > 0) & iteration.over_limit(counts.nit),
             MinimizeStatus.MAX_ITERATIONS,
             running(),
         )
@@ -136,17 +136,22 @@ class TrustNCG:
             f_new = problem.value(x_new)
             ratio = decrease_ratio(f, f_new, predicted)
             accepted = ratio > config.eta
-            failure = jnp.where(predicted > 0, running(), MinimizeStatus.NO_PREDICTED_DECREASE)
+            # scipy's order: the limit (tested at the next point after an accepted step, with
+            # its gradient), no predicted decrease, then NaN (jaxhvp's).
+            status = jnp.where(
+                iteration.over_limit(t.counts.nit + 1), MinimizeStatus.MAX_ITERATIONS, running()
+            )
+            status = jnp.where(accepted, RUNNING, status)
+            status = jnp.where(predicted > 0, status, MinimizeStatus.NO_PREDICTED_DECREASE)
             bad = ~finite(sub.p, predicted) | sub.nonfinite
-            failure = jnp.where(bad, MinimizeStatus.NONFINITE, failure)
-            counted = failure == RUNNING
+            status = jnp.where(bad, MinimizeStatus.NONFINITE, status)
+            counted = (status == RUNNING) | (status == MinimizeStatus.MAX_ITERATIONS)
             counts, status = iteration.end(
                 t.counts,
                 jnp.where(accepted, x_new, s.x),
                 jnp.where(accepted, f_new, f),
-                failure,
-                counted=counted,
-                limit=~accepted,  # at a new point: tested after its gradient, next step
+                status,
+                counted,
             )
             counts = counts._replace(nfev=counts.nfev + 1, nhev=counts.nhev + sub.hvps)
             return _Trial(
@@ -154,7 +159,7 @@ class TrustNCG:
                 f=f_new,
                 radius=new_radius(t.radius, ratio, sub.on_boundary, config.max_trust_radius),
                 counts=counts,
-                accepted=accepted & counted,
+                accepted=accepted & counted,  # taken, even if the callback then stops the run
                 status=status,
             )
 
