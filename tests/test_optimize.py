@@ -4,6 +4,7 @@ own tests, tests/test_minimize.py the comparisons on standard problems)."""
 
 import ast
 import pathlib
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -73,6 +74,58 @@ def test_callback_errors_are_raised_eagerly():
             rosen, X0, method="newton-cg", callback=lambda intermediate_result: None
         ).success
     )
+
+
+def test_callbacks_nest_and_run_in_threads_at_once():
+    inner = []
+
+    def outer(intermediate_result):  # a callback that itself minimises with a callback
+        jaxhvp.minimize(
+            rosen,
+            np.array([0.5, 0.5]),
+            method="trust-ncg",
+            callback=lambda intermediate_result: inner.append(intermediate_result.nit),
+        )
+        if intermediate_result.nit == 2:
+            raise StopIteration
+
+    result = jaxhvp.minimize(rosen, X0, method="newton-cg", callback=outer)
+    assert int(result.status) == 99 and int(result.nit) == 2 and len(inner) > 2
+
+    seen = {}
+
+    def solve(k):
+        values = seen[k] = []
+        with jax.enable_x64(True):  # a thread-local setting: as the test's
+            result = jaxhvp.minimize(
+                rosen,
+                X0 + 0.1 * k,
+                method="trust-ncg",
+                callback=lambda intermediate_result: values.append(float(intermediate_result.fun)),
+            )
+        values.append(int(result.nit))
+
+    threads = [threading.Thread(target=solve, args=(k,)) for k in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    for k in range(3):
+        *values, nit = seen[k]
+        assert len(values) == nit  # each call saw its own callback only
+        alone = []
+        jaxhvp.minimize(
+            rosen,
+            X0 + 0.1 * k,
+            method="trust-ncg",
+            callback=lambda intermediate_result: alone.append(float(intermediate_result.fun)),
+        )
+        assert values == alone
+
+
+def test_legacy_callback_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"legacy form callback\(xk\) is not supported"):
+        jaxhvp.minimize(rosen, X0, method="newton-cg", callback=lambda xk: None)
 
 
 def test_callback_under_vmap_is_a_clear_error():
@@ -159,6 +212,29 @@ def test_jac_and_hessp_under_vmap(method):
         alone = jaxhvp.minimize(rosen, x0, method=method)
         np.testing.assert_allclose(batched.x[k], alone.x, rtol=1e-8)
         assert int(batched.nit[k]) == int(alone.nit)
+
+
+def test_bad_jac_and_hessp_results_are_clear_errors():
+    x0 = np.zeros((2, 3))
+
+    def fun(x):
+        return jnp.sum((x - 1.0) ** 2)
+
+    with pytest.raises(HVPError, match="jac must return floating arrays"):
+        jaxhvp.minimize(fun, x0, method="newton-cg", jac=lambda x: (2 * (x - 1)).astype(int))
+    with pytest.raises(HVPError, match=r"shape \(3, 2\) where x0 has \(2, 3\)"):
+        jaxhvp.minimize(fun, x0, method="newton-cg", jac=lambda x: (2 * (x - 1)).T)
+    with pytest.raises(HVPError, match="hessp must return arrays with the shapes of x0"):
+        jaxhvp.minimize(fun, x0, method="trust-ncg", hessp=lambda x, p: p.ravel())
+    with pytest.raises(HVPError, match="returned an array of shape"):  # no tracer class
+        jaxhvp.minimize(lambda x: x, x0, method="trust-ncg")
+
+
+def test_custom_vjp_objective_for_newton_cg_is_a_clear_error():
+    with pytest.raises(TypeError, match=r"Pass jac=jax.grad\(fun\)"):
+        jaxhvp.minimize(once_differentiable, X0, method="newton-cg")
+    fixed = jaxhvp.minimize(once_differentiable, X0, method="newton-cg", jac=jax.grad(rosen))
+    assert bool(fixed.success)
 
 
 def test_list_and_empty_x0():
@@ -255,11 +331,24 @@ def test_a_converged_step_leaves_the_state_alone():
         assert jax.tree_util.tree_all(jax.tree_util.tree_map(jnp.array_equal, new_state, state))
 
 
-def test_step_bounds_are_checked():
+def test_step_settings_are_checked():
+    newton, trust = jaxhvp.newton_cg_init(X0), jaxhvp.trust_ncg_init(X0)
     with pytest.raises(HVPError, match="min_damping"):
-        jaxhvp.newton_cg_step(rosen, X0, jaxhvp.newton_cg_init(X0), min_damping=0.0)
+        jaxhvp.newton_cg_step(rosen, X0, newton, min_damping=0.0)
     with pytest.raises(HVPError, match="less than max_radius"):
-        jaxhvp.trust_ncg_step(rosen, X0, jaxhvp.trust_ncg_init(X0), min_radius=2e3)
+        jaxhvp.trust_ncg_step(rosen, X0, trust, min_radius=2e3)
+    with pytest.raises(HVPError, match="cg_maxiter must be at least 1"):
+        jaxhvp.newton_cg_step(rosen, X0, newton, cg_maxiter=0)
+    with pytest.raises(HVPError, match="0 <= eta < 1"):
+        jaxhvp.trust_ncg_step(rosen, X0, trust, eta=float("nan"))
+    with pytest.raises(TypeError, match="state must be a NewtonCGState"):
+        jaxhvp.newton_cg_step(rosen, X0, trust)
+    with pytest.raises(TypeError, match="traced value"):
+        jax.jit(lambda d: jaxhvp.newton_cg_step(rosen, X0, newton, min_damping=d))(1e-3)
+    # Concrete scalar arrays are numbers.
+    jaxhvp.newton_cg_step(
+        rosen, X0, jaxhvp.newton_cg_init(X0, jnp.asarray(0.5)), max_damping=np.float32(1e3)
+    )
 
 
 # --- layout -----------------------------------------------------------------------------------

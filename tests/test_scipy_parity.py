@@ -652,3 +652,47 @@ def test_trust_ncg_callback():
     # scipy's accumulator: the callback's x, summed, are the iterates.
     accum = sum(np.asarray(x) for x in recorder.xs)
     np.testing.assert_allclose(accum, sum(reference.copies), rtol=1e-10)
+
+
+# --- not scipy tests: counts in corner cases, against scipy ----------------------------------
+
+
+def beale(x):
+    y = jnp.array([1.5, 2.25, 2.625])
+    k = jnp.arange(1.0, 4.0)
+    return jnp.sum((y - x[0] * (1.0 - x[1] ** k)) ** 2)
+
+
+def test_newton_cg_counts_when_the_zoom_search_runs_out_of_doublings():
+    # From here the zoom search doubles its step 10 times and returns the last one without
+    # its slope: scipy then evaluates the gradient at the next iteration, and counts it.
+    for x0 in ([-0.27, -0.92], [-0.270845, -0.923039]):
+        options = {"maxiter": 2}
+        ours = jaxhvp.minimize(himmelblau, jnp.array(x0), method="newton-cg", options=options)
+        theirs = scipy_minimize(himmelblau, jnp.array(x0), "newton-cg", options=options)
+        assert_same_run(ours, theirs, "newton-cg")
+
+
+@pytest.mark.parametrize("maxiter", [11, 12])
+def test_trust_ncg_counts_a_repeated_trial_point_once(maxiter):
+    # A rejected step inside the region is tried again unchanged after the radius shrinks:
+    # scipy's objective keeps the last point's value and does not count it again.
+    x0 = jnp.array([-4.0, -4.0])
+    options = {"maxiter": maxiter}
+    ours = jaxhvp.minimize(beale, x0, method="trust-ncg", options=options)
+    theirs = scipy_minimize(beale, x0, "trust-ncg", options=options)
+    assert_same_run(ours, theirs, "trust-ncg")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"tol": np.inf}, {"options": {"maxiter": 2.5}}, {"options": {"workers": None}}],
+    ids=["tol-inf", "maxiter-2.5", "workers"],
+)
+def test_newton_cg_option_values_as_scipy(kwargs):
+    # scipy's loop test (the step's 1-norm against n * xtol: none with xtol inf), its real
+    # maxiter (k >= 2.5 stops after 3), and workers (for finite differences: ignored).
+    x0 = jnp.array([-1.2, 1.0])
+    ours = jaxhvp.minimize(rosen, x0, method="newton-cg", **kwargs)
+    theirs = scipy_minimize(rosen, x0, "newton-cg", **kwargs)
+    assert_same_run(ours, theirs, "newton-cg")

@@ -40,8 +40,9 @@ _P66, _EXTRAPOLATE_MIN, _EXTRAPOLATE_MAX = 0.66, 1.1, 4.0
 
 class SearchResult(NamedTuple):
     """The step found: its length, ``phi`` there, whether it is acceptable, whether the
-    search failed on a NaN or Inf, and how many values and slopes it evaluated (scipy's
-    ``fc`` and ``gc``)."""
+    search failed on a NaN or Inf, how many values and slopes it evaluated (scipy's ``fc``
+    and ``gc``), and whether the gradient at the step is unknown to scipy (the zoom search
+    ran out of doublings and returned a step without its slope)."""
 
     step: jax.Array
     value: jax.Array
@@ -49,6 +50,7 @@ class SearchResult(NamedTuple):
     nonfinite: jax.Array
     nfev: jax.Array
     njev: jax.Array
+    slope_unknown: jax.Array
 
 
 class _State(NamedTuple):
@@ -147,7 +149,9 @@ def wolfe_search(
     final = lax.while_loop(keep_going, iterate, state)
     ok = final.task == _CONVERGED
     nonfinite = ~ok & ~finite(final.f, final.g)
-    result = SearchResult(final.stp, final.f, ok, nonfinite, final.evaluations, final.evaluations)
+    result = SearchResult(
+        final.stp, final.f, ok, nonfinite, final.evaluations, final.evaluations, ok & False
+    )
     return result, (final.evaluated, final.f, final.g)
 
 

@@ -66,8 +66,10 @@ class Iteration:
     (``StopIteration`` there stops the run). Solvers build their status from their own tests
     and :meth:`over_limit` in the order scipy makes them."""
 
-    def __init__(self, problem: Problem, maxiter: jax.Array, hook: Callable | None):
-        self.problem, self.maxiter, self.hook = problem, maxiter, hook
+    def __init__(
+        self, problem: Problem, maxiter: jax.Array, hook: Callable | None, token: jax.Array
+    ):
+        self.problem, self.maxiter, self.hook, self.token = problem, maxiter, hook, token
 
     def over_limit(self, nit: jax.Array) -> jax.Array:
         """Whether ``nit`` iterations use up ``maxiter``."""
@@ -89,12 +91,18 @@ class Iteration:
 
     def _call_back(self, x: jax.Array, f: jax.Array, nit: jax.Array) -> jax.Array:
         shape = jax.ShapeDtypeStruct((), jnp.bool_)
-        return io_callback(self.hook, shape, self.problem.unravel(x), f, nit, ordered=False)
+        x = self.problem.unravel(x)
+        return io_callback(self.hook, shape, self.token, x, f, nit, ordered=False)
 
 
-def iterate(solver: Solver, problem: Problem, config: Any, hook: Callable | None) -> MinimizeResult:
-    """Runs ``solver`` on ``problem`` to the end: one ``lax.while_loop`` over its steps."""
-    iteration = Iteration(problem, config.maxiter, hook)
+def iterate(
+    solver: Solver, problem: Problem, config: Any, hook: Callable | None, token: jax.Array
+) -> MinimizeResult:
+    """Runs ``solver`` on ``problem`` to the end: one ``lax.while_loop`` over its steps.
+
+    ``hook(token, x, fun, nit)`` is the host callback (None: none); it returns whether to stop.
+    """
+    iteration = Iteration(problem, config.maxiter, hook, token)
     state, counts, status = solver.init(problem, config)
 
     def step(carry: tuple) -> tuple:

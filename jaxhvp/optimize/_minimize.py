@@ -132,12 +132,21 @@ def minimize(
         hook = None
     else:
         hook = _callback.eager_hook if eager_callback else _callback.traced_hook(callback)
-    options = (solver, jac_returned, hook)
-    if eager_callback:
-        with _callback.running(callback):
-            result = jax.block_until_ready(_eager.call(_solve, options, functions, arrays))
-    else:
-        result = _eager.call(_solve, options, functions, arrays)
+    with _callback.registered(callback if eager_callback else None) as token:
+        try:
+            result = _eager.call(_solve, (solver, jac_returned, hook), functions, (*arrays, token))
+        except TypeError as error:
+            if "custom_vjp" not in str(error):
+                raise
+            msg = (
+                f"fun cannot be differentiated in forward mode (it is a jax.custom_vjp function), "
+                f"which method={solver.NAME!r} does for its line-search slopes and Hessian "
+                "products. Pass jac=jax.grad(fun) (slopes from the gradient) and, if the "
+                "Hessian products fail too, hessp=..."
+            )
+            raise TypeError(msg) from error
+        if eager_callback:
+            result = jax.block_until_ready(result)
     if throw:
         _raise_if_failed(result.status, solver.NAME)
     return result
@@ -163,7 +172,7 @@ def _check_derivatives(callback: Any, jac: Any, hessp: Any) -> bool:
     """Checks scipy's ``callback``, ``jac`` and ``hessp``; whether ``fun`` returns the
     gradient with the value (``jac=True``)."""
     if callback is not None:
-        check_callable(callback, "callback", "callback(intermediate_result)")
+        _callback.check(callback)
     if hessp is not None:
         check_callable(hessp, "hessp", "hessp(x, p, *args) -> H p")
     if not (jac is None or isinstance(jac, bool) or callable(jac)):
@@ -181,7 +190,8 @@ _UNSUPPORTED = {
     "disp": "messages cannot be printed from inside a compiled loop; read result.message",
     "return_all": "the loop keeps no history of iterates; run it step by step to record them",
 }
-_IGNORED = ("eps",)  # scipy's finite-difference step: jaxhvp's Hessian products are exact
+# scipy's finite-difference step and workers: jaxhvp's derivatives are exact, never differenced.
+_IGNORED = ("eps", "workers")
 
 
 def _resolve_options(solver: Solver, tol: float | None, options: dict | None) -> dict:
@@ -237,6 +247,7 @@ def _solve(
     x0: Any,
     args: tuple,
     config: Any,
+    token: jax.Array,
     solver: Solver,
     jac_returned: bool,
     hook: Callable | None,
@@ -248,7 +259,7 @@ def _solve(
         lambda v: v.astype(problem.dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v,
         config,
     )
-    return iterate(solver, problem, config, hook)
+    return iterate(solver, problem, config, hook, token)
 
 
 def _raise_if_failed(status: Any, method: str) -> None:

@@ -37,6 +37,7 @@ class State(NamedTuple):
     f: jax.Array  # NaN until the first linearisation gives it
     f_old: jax.Array  # f at the previous point, for the line search's first step
     first: jax.Array
+    owed: jax.Array  # the gradient at x was not known to scipy's search: counted when used
 
 
 class NewtonCG:
@@ -49,8 +50,8 @@ class NewtonCG:
     def configure(self, options: dict, n: int) -> Config:
         """``options`` (scipy's names, already checked to be known) for ``n`` variables."""
         config = Config(**options)
-        option_count("maxiter", config.maxiter)
-        option_count("cg_maxiter", config.cg_maxiter, minimum=1)
+        maxiter = option_count("maxiter", config.maxiter)
+        cg_maxiter = option_count("cg_maxiter", config.cg_maxiter, minimum=1)
         xtol, c1, c2 = (option_float(name, getattr(config, name)) for name in ("xtol", "c1", "c2"))
         if not xtol >= 0:
             msg = (
@@ -62,22 +63,28 @@ class NewtonCG:
             msg = f"options 'c1' and 'c2' must satisfy 0 < c1 < c2 < 1, but got c1={c1}, c2={c2}."
             raise HVPError(msg)
         return Config(
-            maxiter=200 * n if config.maxiter is None else config.maxiter,
+            maxiter=200 * n if maxiter is None else maxiter,
             xtol=xtol,
             c1=c1,
             c2=c2,
-            cg_maxiter=20 * n if config.cg_maxiter is None else config.cg_maxiter,
+            cg_maxiter=20 * n if cg_maxiter is None else cg_maxiter,
         )
 
     def init(self, problem: Problem, config: Config) -> tuple[State, Counts, jax.Array]:
         # f(x0) and the gradient there come with the first linearisation; counted here, as
         # scipy counts them. Only a run that stops before it evaluates f(x0) on its own.
         x0 = problem.x0
+        # scipy's loop runs while the last step's 1-norm (at first the largest float) exceeds
+        # n * xtol, and tests maxiter inside it.
+        converged = x0.size * config.xtol >= jnp.finfo(problem.dtype).max
         no_iterations = config.maxiter <= 0
         nan = jnp.full((), jnp.nan, problem.dtype)
-        f0 = lax.cond(no_iterations, lambda: problem.value(x0), lambda: nan)
+        f0 = lax.cond(converged | no_iterations, lambda: problem.value(x0), lambda: nan)
         status = jnp.where(no_iterations, MinimizeStatus.MAX_ITERATIONS, running())
-        return State(x0, f0, nan, jnp.asarray(True)), Counts.start(1, 1), status
+        status = jnp.where(converged, MinimizeStatus.SUCCESS, status)
+        status = jnp.where(converged & ~jnp.isfinite(f0), MinimizeStatus.NONFINITE, status)
+        no = jnp.asarray(False)
+        return State(x0, f0, nan, jnp.asarray(True), no), Counts.start(1, 1), status
 
     def step(
         self, problem: Problem, s: State, counts: Counts, config: Config, iteration: Iteration
@@ -135,7 +142,7 @@ class NewtonCG:
         ended, status = iteration.end(counts, x_new, f_new, jnp.where(moved, after, status), moved)
         counts = ended._replace(
             nfev=counts.nfev + found.nfev,
-            njev=counts.njev + found.njev,
+            njev=counts.njev + found.njev + s.owed,
             nhev=counts.nhev + cg.hvps,
         )
         state = State(
@@ -143,6 +150,7 @@ class NewtonCG:
             f=jnp.where(moved, f_new, f),
             f_old=jnp.where(moved, f, s.f_old),
             first=jnp.asarray(False),
+            owed=moved & ~zero & found.slope_unknown,
         )
         return state, counts, status
 

@@ -6,6 +6,7 @@ Also the argument checks every entry point of the package shares.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -61,15 +62,23 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
-def option_count(name: str, value: Any, minimum: int | None = None) -> None:
-    """Checks an iteration-count option: an int (not a bool) or None, at least ``minimum``
-    if given (scipy's own counts take any sign)."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
-        msg = f"options[{name!r}] must be an int or None, but got {type(value)}."
+def option_count(name: str, value: Any, minimum: int | None = None) -> int | None:
+    """An iteration-count option as an int, or None: a real number (scipy compares the count
+    with it, so 2.5 allows 3), of any sign (as scipy), at least ``minimum`` if given."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        msg = f"options[{name!r}] must be a number or None, but got {type(value)}."
         raise TypeError(msg)
-    if value is not None and minimum is not None and value < minimum:
+    if math.isnan(value):
+        msg = f"options[{name!r}] must be a number, but got nan."
+        raise HVPError(msg)
+    count = math.ceil(value) if math.isfinite(value) else int(np.iinfo(np.int32).max)
+    count = max(min(count, int(np.iinfo(np.int32).max)), int(np.iinfo(np.int32).min))
+    if minimum is not None and count < minimum:
         msg = f"options[{name!r}] must be at least {minimum}, but got {value}."
         raise HVPError(msg)
+    return count
 
 
 def option_float(name: str, value: Any) -> float:
@@ -129,7 +138,8 @@ class Problem:
         return self._value_and_grad(x)[1]
 
     def _flat(self, tree: Any, name: str) -> jax.Array:
-        """A result of ``jac`` or ``hessp`` (structure of ``x0``) as a flat vector."""
+        """A result of ``jac`` or ``hessp`` (structure and shapes of ``x0``, floating) as a
+        flat vector."""
         structure = jax.tree_util.tree_structure(tree)
         if structure != self.treedef:
             msg = (
@@ -137,13 +147,26 @@ class Problem:
                 f"but returned {structure}."
             )
             raise HVPError(msg)
+        leaves = jax.tree_util.tree_leaves(tree)
+        expected = jax.tree_util.tree_leaves(self.unravel(self.x0))
+        for path_leaf, leaf, like in zip(
+            jax.tree_util.tree_flatten_with_path(tree)[0], leaves, expected
+        ):
+            where = f"{name}(...){jax.tree_util.keystr(path_leaf[0])}"
+            shape, dtype = np.shape(leaf), jnp.result_type(leaf)
+            if shape != like.shape:
+                msg = (
+                    f"{name} must return arrays with the shapes of x0, but {where} has shape "
+                    f"{shape} where x0 has {like.shape}."
+                )
+                raise HVPError(msg)
+            if not jnp.issubdtype(dtype, jnp.floating):
+                msg = (
+                    f"{name} must return floating arrays, but {where} has dtype {dtype}: an "
+                    "integer result would drop the derivatives. Return x0's dtype."
+                )
+                raise HVPError(msg)
         flat, _ = ravel_pytree(tree)
-        if flat.shape != self.x0.shape:
-            msg = (
-                f"{name} must return arrays with the shapes of x0 ({self.x0.size} elements in "
-                f"all), but returned {flat.size} elements."
-            )
-            raise HVPError(msg)
         return flat.astype(self.dtype)
 
     # --- what the solvers use ------------------------------------------------------------
@@ -196,19 +219,25 @@ def _pair(out: Any) -> tuple[Any, Any]:
     if not (isinstance(out, (tuple, list)) and len(out) == 2):
         msg = (
             "With jac=True, fun must return a pair (value, gradient), as scipy's "
-            f"minimize(jac=True) expects, but it returned {type(out).__name__}."
+            f"minimize(jac=True) expects, but it returned {_describe(out)}."
         )
         raise HVPError(msg)
     return out[0], out[1]
 
 
+def _describe(value: Any) -> str:
+    """A user's value in words, never a tracer's class."""
+    if isinstance(value, (jax.Array, np.ndarray)):
+        return f"an array of shape {np.shape(value)}"
+    return f"a {type(value).__name__}"
+
+
 def _scalar(out: Any, dtype: Any) -> jax.Array:
     """The objective's output as a scalar of the solve's dtype; checked at trace time."""
     if not isinstance(out, (jax.Array, np.ndarray, float)) or np.size(out) != 1:
-        shape = getattr(out, "shape", None)
         msg = (
-            "fun must return a single value (an array with one element), but returned "
-            f"{type(out).__name__} of shape {shape}; reduce it to a scalar, e.g. with .sum()."
+            "fun must return a single value (a floating array with one element), but returned "
+            f"{_describe(out)}; reduce it to a scalar, e.g. with .sum(), or return a float."
         )
         raise HVPError(msg)
     out = jnp.asarray(out)

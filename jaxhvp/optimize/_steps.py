@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .._errors import HVPError
@@ -36,18 +37,56 @@ class TrustNCGState(NamedTuple):
     radius: jax.Array
 
 
-def _positive(name: str, value: Any) -> None:
-    if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+def _number(name: str, value: Any) -> float:
+    """A setting as a Python float: a number, or a concrete scalar array."""
+    if isinstance(value, jax.core.Tracer):
+        msg = (
+            f"{name} must be a number fixed when the step is traced, but got a traced value; "
+            "pass it as a Python number (close over it, or mark it static in jax.jit)."
+        )
+        raise TypeError(msg)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        msg = f"{name} must be a number, but got {value!r}."
+        raise TypeError(msg) from None
+
+
+def _positive(name: str, value: Any) -> float:
+    number = _number(name, value)
+    if not (number > 0 and math.isfinite(number)):
         msg = f"{name} must be a positive number, but got {value!r}."
         raise HVPError(msg)
+    return number
 
 
-def _bounds(low_name: str, low: Any, high_name: str, high: Any) -> None:
-    _positive(low_name, low)
-    _positive(high_name, high)
+def _bounds(low_name: str, low: Any, high_name: str, high: Any) -> tuple[float, float]:
+    low, high = _positive(low_name, low), _positive(high_name, high)
     if not low < high:
         msg = f"{low_name} ({low}) must be less than {high_name} ({high})."
         raise HVPError(msg)
+    return low, high
+
+
+def _iterations(cg_maxiter: Any) -> int:
+    if isinstance(cg_maxiter, bool) or not isinstance(cg_maxiter, (int, np.integer)):
+        msg = f"cg_maxiter must be an int, but got {cg_maxiter!r}."
+        raise TypeError(msg)
+    if cg_maxiter < 1:
+        msg = (
+            f"cg_maxiter must be at least 1, but got {cg_maxiter}: without a Hessian product "
+            "no step can be computed."
+        )
+        raise HVPError(msg)
+    return int(cg_maxiter)
+
+
+def _state(state: Any, kind: type, init: str) -> None:
+    if not isinstance(state, kind):
+        msg = (
+            f"state must be a {kind.__name__} (from jaxhvp.{init}), but got {type(state).__name__}."
+        )
+        raise TypeError(msg)
 
 
 def newton_cg_init(params: Any, damping: float = 1.0) -> NewtonCGState:
@@ -61,8 +100,7 @@ def newton_cg_init(params: Any, damping: float = 1.0) -> NewtonCGState:
       A :class:`NewtonCGState`, a pytree.
     """
     x, _ = ravel_pytree(as_floating(params, "params"))
-    _positive("damping", damping)
-    return NewtonCGState(jnp.asarray(damping, x.dtype))
+    return NewtonCGState(jnp.asarray(_positive("damping", damping), x.dtype))
 
 
 def trust_ncg_init(params: Any, radius: float = 1.0) -> TrustNCGState:
@@ -76,8 +114,7 @@ def trust_ncg_init(params: Any, radius: float = 1.0) -> TrustNCGState:
       A :class:`TrustNCGState`, a pytree.
     """
     x, _ = ravel_pytree(as_floating(params, "params"))
-    _positive("radius", radius)
-    return TrustNCGState(jnp.asarray(radius, x.dtype))
+    return TrustNCGState(jnp.asarray(_positive("radius", radius), x.dtype))
 
 
 def _setup(fun: Callable, params: Any, args: tuple) -> tuple[Problem, jax.Array, Any, Any]:
@@ -152,7 +189,9 @@ def newton_cg_step(
       >>> bool(loss(params, x, y) < 1e-4)
       True
     """
-    _bounds("min_damping", min_damping, "max_damping", max_damping)
+    min_damping, max_damping = _bounds("min_damping", min_damping, "max_damping", max_damping)
+    cg_maxiter = _iterations(cg_maxiter)
+    _state(state, NewtonCGState, "newton_cg_init")
     problem, x, (f, g), matvec = _setup(fun, params, args)
     damping = state.damping
     cg = truncated_cg(g, lambda v: matvec(v) + damping * v, cg_maxiter)
@@ -223,7 +262,13 @@ def trust_ncg_step(
       >>> bool(jnp.linalg.norm(grad["w"]) < 1e-4)
       True
     """
-    _bounds("min_radius", min_radius, "max_radius", max_radius)
+    min_radius, max_radius = _bounds("min_radius", min_radius, "max_radius", max_radius)
+    cg_maxiter = _iterations(cg_maxiter)
+    eta = _number("eta", eta)
+    if not 0 <= eta < 1:
+        msg = f"eta must satisfy 0 <= eta < 1, but got {eta}."
+        raise HVPError(msg)
+    _state(state, TrustNCGState, "trust_ncg_init")
     problem, x, (f, g), matvec = _setup(fun, params, args)
     sub = steihaug_cg(g, matvec, state.radius, cg_maxiter)
     predicted = predicted_decrease(f, g, sub)

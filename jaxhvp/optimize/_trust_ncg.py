@@ -76,8 +76,8 @@ class TrustNCG:
     def configure(self, options: dict, n: int) -> Config:
         """``options`` (scipy's names, already checked to be known) for ``n`` variables."""
         config = Config(**options)
-        option_count("maxiter", config.maxiter)
-        option_count("cg_maxiter", config.cg_maxiter, minimum=1)
+        maxiter = option_count("maxiter", config.maxiter)
+        cg_maxiter = option_count("cg_maxiter", config.cg_maxiter, minimum=1)
         names = ("gtol", "initial_trust_radius", "max_trust_radius", "eta")
         gtol, initial, largest, eta = (option_float(name, getattr(config, name)) for name in names)
         problems = [
@@ -96,12 +96,12 @@ class TrustNCG:
                 msg = f"Invalid trust-ncg option: {problem}."
                 raise HVPError(msg)
         return Config(
-            maxiter=200 * n if config.maxiter is None else config.maxiter,
+            maxiter=200 * n if maxiter is None else maxiter,
             gtol=gtol,
             initial_trust_radius=initial,
             max_trust_radius=largest,
             eta=eta,
-            cg_maxiter=20 * n if config.cg_maxiter is None else config.cg_maxiter,
+            cg_maxiter=20 * n if cg_maxiter is None else cg_maxiter,
         )
 
     def init(self, problem: Problem, config: Config) -> tuple[State, Counts, jax.Array]:
@@ -133,7 +133,11 @@ class TrustNCG:
             sub = steihaug_cg(g, matvec, t.radius, config.cg_maxiter)
             predicted = predicted_decrease(f, g, sub)
             x_new = s.x + sub.p
-            f_new = problem.value(x_new)
+            # A trial at the last point evaluated (the step rounds to 0, or a rejected step
+            # is tried again inside a smaller region) is not run: scipy's objective keeps the
+            # last point's value, so does not count it either.
+            again = jnp.all(x_new == t.x)
+            f_new = lax.cond(again, lambda: t.f, lambda: problem.value(x_new))
             ratio = decrease_ratio(f, f_new, predicted)
             accepted = ratio > config.eta
             # scipy's order: the limit (tested at the next point after an accepted step, with
@@ -153,7 +157,7 @@ class TrustNCG:
                 status,
                 counted,
             )
-            counts = counts._replace(nfev=counts.nfev + 1, nhev=counts.nhev + sub.hvps)
+            counts = counts._replace(nfev=counts.nfev + ~again, nhev=counts.nhev + sub.hvps)
             return _Trial(
                 x=x_new,
                 f=f_new,

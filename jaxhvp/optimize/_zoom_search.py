@@ -44,6 +44,7 @@ class _Bracket(NamedTuple):
     dphi_lo: jax.Array
     nfev: jax.Array
     njev: jax.Array
+    found_slope: jax.Array  # ended by the curvature test (its slope evaluated)
 
 
 class _Zoom(NamedTuple):
@@ -78,8 +79,8 @@ def zoom_search(
     ``known`` is a trial ``(step, phi, phi')`` already evaluated (the previous search's last):
     if the search starts there, it is used, not evaluated again or counted.
 
-    Returns ``(step, value, ok, nonfinite, nfev, njev)``, the fields of the line search's
-    ``SearchResult``.
+    Returns ``(step, value, ok, nonfinite, nfev, njev, slope_unknown)``, the fields of the line
+    search's ``SearchResult``.
     """
     nan = jnp.full_like(phi0, jnp.nan)
 
@@ -132,6 +133,7 @@ def zoom_search(
             dphi_lo=dphi_lo,
             nfev=s.nfev + a2_ran,
             njev=s.njev + d1_ran,
+            found_slope=found,
         )
 
     zero = jnp.zeros_like(phi0)
@@ -153,6 +155,7 @@ def zoom_search(
         dphi_lo=dphi0,
         nfev=count() + a1_ran,
         njev=count(),
+        found_slope=jnp.asarray(False),
     )
     b = lax.while_loop(lambda s: s.outcome == _RUNNING, bracket, start)
 
@@ -203,7 +206,9 @@ def zoom_search(
     z = lax.while_loop(lambda s: s.outcome == _RUNNING, zoom, zoom_start)
     ok = z.outcome == _FOUND
     nonfinite = ~ok & ~jnp.isfinite(z.value)
-    return z.step, z.value, ok, nonfinite, z.nfev, z.njev
+    # Out of doublings, scipy takes the last step without its slope (so without its gradient).
+    slope_unknown = (b.outcome == _FOUND) & ~b.found_slope
+    return z.step, z.value, ok, nonfinite, z.nfev, z.njev, slope_unknown
 
 
 def _interpolate(s: _Zoom) -> jax.Array:
