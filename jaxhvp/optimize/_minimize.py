@@ -70,15 +70,15 @@ def minimize(
         ``max_trust_radius`` (1000.0), ``eta`` (0.15). Both: ``cg_maxiter`` (20 n) bounds the
         inner CG iterations; ``throw`` (False): if True, a failed solve raises a
         ``RuntimeError`` with the message (eagerly; under ``jax.jit`` it is raised when the
-        computation runs, as a ``jax.errors.JaxRuntimeError``). scipy's ``eps`` and
-        ``disp=False`` are accepted and ignored.
-      callback: scipy's new-style callback, ``callback(intermediate_result)`` (called by that
-        keyword, as scipy calls it), called after
-        every iteration with an :class:`IntermediateResult` (``x`` in the structure of
-        ``x0``, ``fun``, ``nit``) of concrete arrays, from a host callback inside the compiled
-        loop (eagerly and under ``jax.jit``; not under ``jax.vmap``, where JAX allows no host
-        callback in a loop of batch-dependent length). Raising ``StopIteration`` stops the
-        run: ``status`` 99 (``MinimizeStatus.CALLBACK_STOPPED``), as scipy's. Any other
+        computation runs, as a ``jax.errors.JaxRuntimeError``). scipy's ``eps``, ``workers``
+        and ``disp=False`` are accepted and ignored.
+      callback: scipy's new-style callback, ``callback(intermediate_result)``, called by that
+        keyword (as scipy calls it) after every iteration with an :class:`IntermediateResult`
+        (``x`` in the structure of ``x0``, ``fun``, ``nit``) of concrete arrays, from a host
+        callback inside the compiled loop (eagerly and under ``jax.jit``; not under
+        ``jax.vmap``, where JAX allows no host callback in a loop of batch-dependent length).
+        Raising ``StopIteration`` stops the run: ``status`` 99
+        (``MinimizeStatus.CALLBACK_STOPPED``), as scipy's. Any other
         exception stops it and is raised: eagerly as it is, under ``jax.jit`` wrapped in a
         ``jax.errors.JaxRuntimeError`` when the computation runs.
       jac: scipy's ``jac``: None or False (the gradient by reverse-mode differentiation of
@@ -98,7 +98,7 @@ def minimize(
         ``x0`` not a pytree of arrays.
       HVPError: an unknown method or option, an invalid option value, non-floating or empty
         ``x0``, an objective that does not return a single floating value, or ``jac`` or
-        ``hessp`` results without the structure of ``x0``.
+        ``hessp`` results without the structure, shapes or a floating dtype of ``x0``.
 
     Examples:
       >>> import jax.numpy as jnp
