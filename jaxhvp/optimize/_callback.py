@@ -11,7 +11,6 @@ a token, an input of the kernel, and calls the function registered under it by
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import itertools
 import threading
@@ -80,7 +79,7 @@ def traced_hook(callback: Callable) -> Callable:
     def hook(token: Any, x: Any, fun: Any, nit: Any) -> np.bool_:
         return _call(callback, x, fun, nit)
 
-    return functools.update_wrapper(hook, callback) if hasattr(callback, "__name__") else hook
+    return hook
 
 
 @contextlib.contextmanager

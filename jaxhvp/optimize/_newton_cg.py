@@ -8,6 +8,7 @@ scipy's step guess. The solve stops when the 1-norm of the step is at most ``n *
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -95,18 +96,19 @@ class NewtonCG:
         p = cg.p
         slope = g @ p
 
-        def phi(t: jax.Array) -> tuple[jax.Array, jax.Array]:
-            value, _, ran = phi_and_slope(t, lambda y: (problem.value(y), slope))
-            return value, ran
+        def along(evaluate: Callable, known: tuple) -> Callable:
+            """``t -> (*evaluate(x + t p), ran)``. A trial that rounds to x itself is not run:
+            scipy's objective keeps the last point's values (so does not count it): ``known``."""
 
-        def phi_and_slope(t: jax.Array, evaluate: Any = None) -> tuple[jax.Array, ...]:
-            # A trial that rounds to x itself is not run: scipy's objective keeps the values at
-            # the last point (so does not count it), and they are f and g.p.
-            y = s.x + t * p
-            here = jnp.all(y == s.x)
-            evaluate = evaluate or (lambda y: problem.directional(y, p))
-            value, dphi = lax.cond(here, lambda: (f, slope), lambda: evaluate(y))
-            return value, dphi, ~here
+            def at(t: jax.Array) -> tuple[jax.Array, ...]:
+                y = s.x + t * p
+                here = jnp.all(y == s.x)
+                return (*lax.cond(here, lambda: known, lambda: evaluate(y)), ~here)
+
+            return at
+
+        phi = along(lambda y: (problem.value(y),), (f,))
+        phi_and_slope = along(lambda y: problem.directional(y, p), (f, slope))
 
         found = search(
             phi,

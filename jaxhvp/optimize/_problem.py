@@ -127,15 +127,14 @@ class Problem:
             out = _pair(out)[0]
         return _scalar(out, self.dtype)
 
-    def _value_and_grad(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        """Both, from the user's functions (not for the default, differentiated gradient)."""
+    def value_and_grad(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """The objective and its gradient at ``x``: reverse mode, or the user's gradient."""
+        if self._jac is None:
+            return jax.value_and_grad(self.value)(x)
         if self._jac is True:
             f, g = _pair(self._call(x))
             return _scalar(f, self.dtype), self._flat(g, "the gradient fun returns")
         return self.value(x), self._flat(self._jac(self.unravel(x), *self._args), "jac")
-
-    def _grad(self, x: jax.Array) -> jax.Array:
-        return self._value_and_grad(x)[1]
 
     def _flat(self, tree: Any, name: str) -> jax.Array:
         """A result of ``jac`` or ``hessp`` (structure and shapes of ``x0``, floating) as a
@@ -179,7 +178,7 @@ class Problem:
         then runs only the linear sweep.
         """
         if self._hessp is not None:
-            f, g = self._value_and_grad_any(x)
+            f, g = self.value_and_grad(x)
             return (
                 f,
                 g,
@@ -191,19 +190,14 @@ class Problem:
             op = hessian_operator(self.value, x)
             return op.value.reshape(()), op.grad, op.mv
         if self._jac is True:
-            (f, g), product = jax.linearize(lambda y: self._value_and_grad(y), x)
+            (f, g), product = jax.linearize(self.value_and_grad, x)
             return f, g, lambda v: product(v)[1]
-        g, product = jax.linearize(self._grad, x)
+        g, product = jax.linearize(lambda y: self.value_and_grad(y)[1], x)  # value not linearised
         return self.value(x), g, product
-
-    def _value_and_grad_any(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        if self._jac is None:
-            return jax.value_and_grad(self.value)(x)
-        return self._value_and_grad(x)
 
     def gradient(self, x: jax.Array) -> jax.Array:
         """The gradient at ``x`` alone."""
-        return self._value_and_grad_any(x)[1]
+        return self.value_and_grad(x)[1]
 
     def directional(self, x: jax.Array, p: jax.Array) -> tuple[jax.Array, jax.Array]:
         """``(f(x), <grad f(x), p>)``: a line-search trial, by one forward-mode product when
@@ -211,7 +205,7 @@ class Problem:
         ``hessp``, ``fun`` need not support forward mode at all."""
         if self._jac is None and self._hessp is None:
             return jax.jvp(self.value, (x,), (p,))
-        f, g = self._value_and_grad_any(x)
+        f, g = self.value_and_grad(x)
         return f, g @ p
 
 
