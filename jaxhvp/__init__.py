@@ -1,5 +1,6 @@
 """jaxhvp: PyTorch's ``torch.autograd.functional.hvp`` for JAX, over any pytree."""
 
+from . import operators as operators
 from . import optimize as optimize
 from . import spectrum as spectrum
 from ._eager import CacheInfo as CacheInfo
@@ -7,10 +8,16 @@ from ._eager import cache_clear as cache_clear
 from ._eager import cache_info as cache_info
 from ._errors import HVPError as HVPError
 from ._hessian import hessian as hessian
-from ._operator import HessianOperator as HessianOperator
-from ._operator import hessian_operator as hessian_operator
 from ._products import hvp as hvp
 from ._products import vhp as vhp
+from .operators import GGNOperator as GGNOperator
+from .operators import HessianOperator as HessianOperator
+from .operators import Operator as Operator
+from .operators import empirical_fisher_operator as empirical_fisher_operator
+from .operators import fisher_operator as fisher_operator
+from .operators import ggn_operator as ggn_operator
+from .operators import gnvp as gnvp
+from .operators import hessian_operator as hessian_operator
 from .optimize import IntermediateResult as IntermediateResult
 from .optimize import MinimizeResult as MinimizeResult
 from .optimize import MinimizeStatus as MinimizeStatus
@@ -28,21 +35,28 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CacheInfo",
+    "GGNOperator",
     "HVPError",
     "HessianOperator",
     "IntermediateResult",
     "MinimizeResult",
     "MinimizeStatus",
     "NewtonCGState",
+    "Operator",
     "StepInfo",
     "TrustNCGState",
     "cache_clear",
     "cache_info",
+    "empirical_fisher_operator",
+    "fisher_operator",
+    "ggn_operator",
+    "gnvp",
     "hessian",
     "hessian_operator",
     "hvp",
     "minimize",
     "minimize_message",
+    "operators",
     "optimize",
     "spectrum",
     "newton_cg_init",

@@ -37,6 +37,7 @@ def minimize(
     callback: Callable | None = None,
     jac: Any = None,
     hessp: Callable | None = None,
+    curvature: Callable | None = None,
 ) -> MinimizeResult:
     """Minimises ``fun(x, *args)`` with scipy's Newton-CG or trust-ncg, inside one compiled loop.
 
@@ -88,6 +89,10 @@ def minimize(
       hessp: scipy's ``hessp(x, p, *args)``: the Hessian (or a Gauss-Newton or other
         curvature matrix) at ``x`` times ``p``, in the structure of ``x0``. With it, nothing
         is differentiated twice; ``nhev`` counts its calls.
+      curvature: instead of ``hessp``, ``curvature(x, *args)`` returning any jaxhvp
+        operator in the structure of ``x0`` (e.g. ``jaxhvp.ggn_operator(model, loss, x)``
+        for a Gauss-Newton trust region, or a damped Hessian), built once per iterate; its
+        products are the inner CG's curvature. ``fun`` still gives the value and gradient.
 
     Returns:
       A :class:`MinimizeResult`; ``result.message`` gives the words for ``result.status``.
@@ -118,14 +123,14 @@ def minimize(
             "wrap a single argument as args=(arg,)."
         )
         raise TypeError(msg)
-    jac_returned = _check_derivatives(callback, jac, hessp)
+    jac_returned = _check_derivatives(callback, jac, hessp, curvature)
     options = _resolve_options(solver, tol, options)
     throw = bool(options.pop("throw", False))
     args = jax.tree_util.tree_map(_as_traced, args)
     x0 = as_floating(x0, "x0")
     size = sum(int(np.size(leaf)) for leaf in jax.tree_util.tree_leaves(x0))
     config = _as_arrays(solver.configure(options, size))
-    functions = (fun, jac if callable(jac) else None, hessp)
+    functions = (fun, jac if callable(jac) else None, hessp, curvature)
     arrays = (x0, args, config)
     eager_callback = callback is not None and _eager.is_eager(arrays)
     if callback is None:
@@ -168,13 +173,18 @@ def _solver(method: Any) -> Solver:
     return solver
 
 
-def _check_derivatives(callback: Any, jac: Any, hessp: Any) -> bool:
-    """Checks scipy's ``callback``, ``jac`` and ``hessp``; whether ``fun`` returns the
-    gradient with the value (``jac=True``)."""
+def _check_derivatives(callback: Any, jac: Any, hessp: Any, curvature: Any) -> bool:
+    """Checks scipy's ``callback``, ``jac`` and ``hessp``, and ``curvature``; whether ``fun``
+    returns the gradient with the value (``jac=True``)."""
     if callback is not None:
         _callback.check(callback)
     if hessp is not None:
         check_callable(hessp, "hessp", "hessp(x, p, *args) -> H p")
+    if curvature is not None:
+        check_callable(curvature, "curvature", "curvature(x, *args) -> a jaxhvp operator")
+        if hessp is not None:
+            msg = "Give hessp or curvature, not both: both define the inner CG's products."
+            raise HVPError(msg)
     if not (jac is None or isinstance(jac, bool) or callable(jac)):
         msg = (
             "jac must be None, a bool (True: fun returns (value, gradient)) or a callable "
@@ -253,8 +263,8 @@ def _solve(
     hook: Callable | None,
 ) -> MinimizeResult:
     """The compiled solve: the problem over the flattened ``x0``, run by the shared loop."""
-    fun, jac, hessp = functions
-    problem = Problem(fun, x0, args, True if jac_returned else jac, hessp)
+    fun, jac, hessp, curvature = functions
+    problem = Problem(fun, x0, args, True if jac_returned else jac, hessp, curvature)
     config = jax.tree_util.tree_map(
         lambda v: v.astype(problem.dtype) if jnp.issubdtype(v.dtype, jnp.floating) else v,
         config,

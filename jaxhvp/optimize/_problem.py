@@ -16,7 +16,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from .._errors import HVPError
-from .._operator import hessian_operator
+from ..operators import Operator, hessian_operator
 
 
 def check_callable(fun: Any, name: str = "fun", form: str = "fun(x, *args) -> scalar") -> None:
@@ -106,14 +106,25 @@ class Problem:
     ``jac`` is None (the gradient by reverse mode), True (``fun`` returns ``(value,
     gradient)``) or a callable ``jac(x, *args)``; ``hessp`` is None (Hessian products
     by forward-over-reverse differentiation of the gradient) or ``hessp(x, p, *args)``, in
-    which case nothing is differentiated twice. Built inside the solve's trace.
+    which case nothing is differentiated twice; ``curvature`` is None or
+    ``curvature(x, *args)`` returning a jaxhvp operator (a GGN, a Fisher, a damped
+    Hessian), built once per point. Built inside the solve's trace.
     """
 
-    def __init__(self, fun: Callable, x0: Any, args: tuple, jac: Any = None, hessp: Any = None):
+    def __init__(
+        self,
+        fun: Callable,
+        x0: Any,
+        args: tuple,
+        jac: Any = None,
+        hessp: Any = None,
+        curvature: Callable | None = None,
+    ):
         self.x0, self.unravel = ravel_pytree(x0)
         self.treedef = jax.tree_util.tree_structure(x0)
         self.dtype = self.x0.dtype
         self._fun, self._jac, self._hessp, self._args = fun, jac, hessp, args
+        self._curvature = curvature
 
     # --- the user's functions on flat vectors --------------------------------------------
 
@@ -177,6 +188,10 @@ class Problem:
         the gradient and the residuals of the product once (forward-over-reverse); each product
         then runs only the linear sweep.
         """
+        if self._curvature is not None:
+            f, g = self.value_and_grad(x)
+            op = self._operator(x)
+            return f, g, lambda v: self._flat(op.mv(self.unravel(v)), "curvature(...).mv")
         if self._hessp is not None:
             f, g = self.value_and_grad(x)
             return (
@@ -195,6 +210,23 @@ class Problem:
         g, product = jax.linearize(lambda y: self.value_and_grad(y)[1], x)  # value not linearised
         return self.value(x), g, product
 
+    def _operator(self, x: jax.Array) -> Operator:
+        op = self._curvature(self.unravel(x), *self._args)
+        if not isinstance(op, Operator):
+            msg = (
+                "curvature must return a jaxhvp operator (e.g. jaxhvp.ggn_operator(...) or "
+                f"jaxhvp.hessian_operator(...) + damping), but it returned {_describe(op)}."
+            )
+            raise TypeError(msg)
+        structure = jax.tree_util.tree_structure(op.like)
+        if structure != self.treedef:
+            msg = (
+                f"curvature must return an operator on vectors with the structure of x0 "
+                f"({self.treedef}), but its vectors have structure {structure}."
+            )
+            raise HVPError(msg)
+        return op
+
     def gradient(self, x: jax.Array) -> jax.Array:
         """The gradient at ``x`` alone."""
         return self.value_and_grad(x)[1]
@@ -203,7 +235,7 @@ class Problem:
         """``(f(x), <grad f(x), p>)``: a line-search trial, by one forward-mode product when
         everything is differentiated, else from the (user's or reverse-mode) gradient: with
         ``hessp``, ``fun`` need not support forward mode at all."""
-        if self._jac is None and self._hessp is None:
+        if self._jac is None and self._hessp is None and self._curvature is None:
             return jax.jvp(self.value, (x,), (p,))
         f, g = self.value_and_grad(x)
         return f, g @ p

@@ -117,9 +117,13 @@ def trust_ncg_init(params: Any, radius: float = 1.0) -> TrustNCGState:
     return TrustNCGState(jnp.asarray(_positive("radius", radius), x.dtype))
 
 
-def _setup(fun: Callable, params: Any, args: tuple) -> tuple[Problem, jax.Array, Any, Any]:
+def _setup(
+    fun: Callable, params: Any, args: tuple, curvature: Callable | None
+) -> tuple[Problem, jax.Array, Any, Any]:
     check_callable(fun, form="fun(params, *args) -> scalar")
-    problem = Problem(fun, as_floating(params, "params"), args)
+    if curvature is not None:
+        check_callable(curvature, "curvature", "curvature(params, *args) -> a jaxhvp operator")
+    problem = Problem(fun, as_floating(params, "params"), args, curvature=curvature)
     x = problem.x0
     f, g, matvec = problem.linearize(x)
     return problem, x, (f, g), matvec
@@ -143,6 +147,7 @@ def newton_cg_step(
     cg_maxiter: int = 50,
     min_damping: float = 1e-8,
     max_damping: float = 1e8,
+    curvature: Callable | None = None,
 ) -> tuple[Any, NewtonCGState, StepInfo]:
     """One damped Newton-CG step on ``fun(params, *args)``: Hessian-free optimisation.
 
@@ -166,6 +171,9 @@ def newton_cg_step(
       cg_maxiter: the most CG iterations (Hessian products) per step.
       min_damping: the least damping (positive).
       max_damping: the largest damping.
+      curvature: optionally, ``curvature(params, *args)`` returning a jaxhvp operator to use
+        instead of the Hessian (e.g. ``jaxhvp.ggn_operator(model, loss, params, batches=...)``
+        for Martens' Hessian-free with the Gauss-Newton matrix); the ratio's model uses it.
 
     Returns:
       ``(params, state, info)``: the new parameters (the old ones if the step was rejected),
@@ -192,7 +200,7 @@ def newton_cg_step(
     min_damping, max_damping = _bounds("min_damping", min_damping, "max_damping", max_damping)
     cg_maxiter = _iterations(cg_maxiter)
     _state(state, NewtonCGState, "newton_cg_init")
-    problem, x, (f, g), matvec = _setup(fun, params, args)
+    problem, x, (f, g), matvec = _setup(fun, params, args, curvature)
     damping = state.damping
     cg = truncated_cg(g, lambda v: matvec(v) + damping * v, cg_maxiter)
     Hp = matvec(cg.p)
@@ -217,6 +225,7 @@ def trust_ncg_step(
     min_radius: float = 1e-10,
     eta: float = 0.15,
     cg_maxiter: int = 50,
+    curvature: Callable | None = None,
 ) -> tuple[Any, TrustNCGState, StepInfo]:
     """One trust-region Newton-CG step on ``fun(params, *args)``, for training loops.
 
@@ -238,6 +247,8 @@ def trust_ncg_step(
       min_radius: the least radius (positive): rejected steps shrink the radius down to it.
       eta: the least ratio of actual to predicted decrease for a step to be taken.
       cg_maxiter: the most CG iterations (Hessian products) per step.
+      curvature: optionally, ``curvature(params, *args)`` returning a jaxhvp operator used
+        instead of the Hessian (a Gauss-Newton trust region with ``jaxhvp.ggn_operator``).
 
     Returns:
       ``(params, state, info)``: the new parameters (the old ones if the step was rejected),
@@ -269,7 +280,7 @@ def trust_ncg_step(
         msg = f"eta must satisfy 0 <= eta < 1, but got {eta}."
         raise HVPError(msg)
     _state(state, TrustNCGState, "trust_ncg_init")
-    problem, x, (f, g), matvec = _setup(fun, params, args)
+    problem, x, (f, g), matvec = _setup(fun, params, args, curvature)
     sub = steihaug_cg(g, matvec, state.radius, cg_maxiter)
     predicted = predicted_decrease(f, g, sub)
     f_new = problem.value(x + sub.p)

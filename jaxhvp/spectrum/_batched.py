@@ -1,73 +1,22 @@
 """``batch_hessian_operator``: the Hessian of a loss averaged over a stack of data batches.
 
-The operator is a plain :class:`jaxhvp.HessianOperator` whose ``linear`` map is a
-``jax.tree_util.Partial`` of :class:`_MeanProduct` over ``(params, batches)``: a product is
-one ``lax.scan`` over the batches, in their order, summing per-batch Hessian-vector
-products and dividing by their number. So it works everywhere a HessianOperator does
-(``mv``, ``matmat``, ``as_matrix``, CG, the spectrum estimators), crosses ``jax.jit`` as a
-pytree whose arrays are arguments, and holds no per-batch linearisation: each product
-re-runs every batch's forward pass (memory of one batch, time of ``num_batches`` products).
+The same operator as ``jaxhvp.hessian_operator(loss, params, batches=batches)`` (which
+follows the tuple rule; here ``params`` is always one argument), with ``select`` for a block.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-from jax import lax
 
-from .. import _eager
-from .._errors import HVPError
-from .._inputs import Inputs, as_inputs, is_array
-from .._modes import AUTO, MODE_NAMES, MODES, check_callable, resolve_mode, scalar_fn
-from .._operator import HessianOperator
-from ._blocks import merge, pick
+from .._inputs import Inputs, as_inputs
+from .._modes import check_callable
+from ..operators._hessian import HessianOperator, batch_hessian
+from ._blocks import pick
 
 _NAME = "batch_hessian_operator"
-
-
-@dataclasses.dataclass(frozen=True)
-class _MeanProduct:
-    """``(params, batches, v) -> mean over batches of H_b v``, for a block or all the params.
-
-    Hashable (the loss by identity, the block by its positions and structure), so operators
-    built from the same loss share compiled kernels: it is the static part of the
-    operator's pytree.
-    """
-
-    loss: Callable
-    compose: Callable
-    positions: tuple[int, ...] | None  # the block's leaves in the flat params; None: all
-    block_tree: Any = None  # the block's structure (a PyTreeDef) when positions is given
-
-    def block(self, params: Any) -> Any:
-        if self.positions is None:
-            return params
-        leaves = jax.tree_util.tree_leaves(params)
-        return self.block_tree.unflatten([leaves[i] for i in self.positions])
-
-    def scalar(self, params: Any, batch: Any) -> Callable:
-        """The checked scalar function of the block, as the AD compositions take it."""
-
-        def loss_of_block(block: Any) -> Any:
-            full = block if self.positions is None else merge(params, self.positions, block)
-            return self.loss(full, batch)
-
-        return scalar_fn(loss_of_block, Inputs(self.block(params), False, _NAME), False)
-
-    def __call__(self, params: Any, batches: Any, v: Any) -> Any:
-        block = self.block(params)
-
-        def add(total: Any, batch: Any) -> tuple[Any, None]:
-            product, _ = self.compose(self.scalar(params, batch), block, v)
-            return jax.tree_util.tree_map(jnp.add, total, product), None
-
-        total, _ = lax.scan(add, jax.tree_util.tree_map(jnp.zeros_like, v), batches)
-        count = _num_batches(batches)
-        return jax.tree_util.tree_map(lambda t: t / count, total)
 
 
 def batch_hessian_operator(
@@ -131,88 +80,9 @@ def batch_hessian_operator(
       Array([7.204], dtype=float32)
     """
     check_callable(loss, _NAME)
-    try:
-        hash(loss)
-    except TypeError as error:
-        msg = (
-            f"The loss given to {_NAME} becomes part of the operator's static structure and "
-            f"must be hashable, but {type(loss)} is not. Wrap it in a function: "
-            "def loss_fn(params, batch): return model_loss(params, batch)."
-        )
-        raise TypeError(msg) from error
-    compose = resolve_mode(mode, _NAME)
-    if compose == AUTO:
-        choices = ", ".join(repr(m) for m in MODES)
-        msg = (
-            f"{_NAME} does not time modes: mode='auto' is not supported. Pick one of "
-            f"{choices} (time them once with jaxhvp.hessian_operator(..., mode='auto'))."
-        )
-        raise HVPError(msg)
-    params = as_inputs(params, _NAME).primals
-    batches = _check_batches(batches)
-    product = _MeanProduct(loss, compose, None)
+    spec = Inputs(as_inputs(params, _NAME).primals, False, _NAME)  # loss(params, batch)
+    block = None
     if select is not None:
-        positions, block = pick(params, select, _NAME)
-        product = _MeanProduct(loss, compose, positions, jax.tree_util.tree_structure(block))
-    options = (product.positions, product.block_tree)
-    value, grad = _eager.call(_value_and_grad, options, loss, (params, batches), jit=jit)
-    linear = jax.tree_util.Partial(product, params, batches)
-    return HessianOperator(value, grad, None, linear, MODE_NAMES[compose], type(grad) is tuple)
-
-
-def _value_and_grad(
-    loss: Callable, params: Any, batches: Any, positions: tuple[int, ...] | None, block_tree: Any
-) -> Any:
-    """The mean loss and gradient (of the block) over the batches, by one ``lax.scan``."""
-    product = _MeanProduct(loss, MODES["fwd-rev"], positions, block_tree)
-    block = product.block(params)
-
-    def add(total: tuple, batch: Any) -> tuple[tuple, None]:
-        scalar = product.scalar(params, batch)
-        (value, _), grad = jax.value_and_grad(scalar, has_aux=True)(block)
-        return jax.tree_util.tree_map(jnp.add, total, (value, grad)), None
-
-    first = jax.tree_util.tree_map(lambda x: x[0], batches)
-    value_shape, _ = jax.eval_shape(product.scalar(params, first), block)
-    zeros = (jnp.zeros((), value_shape.dtype), jax.tree_util.tree_map(jnp.zeros_like, block))
-    total, _ = lax.scan(add, zeros, batches)
-    count = _num_batches(batches)
-    return jax.tree_util.tree_map(lambda t: t / count, total)
-
-
-def _num_batches(batches: Any) -> int:
-    return jax.tree_util.tree_leaves(batches)[0].shape[0]
-
-
-def _check_batches(batches: Any) -> Any:
-    leaves = jax.tree_util.tree_flatten_with_path(batches)[0]
-    if not leaves:
-        msg = (
-            f"batches given to {_NAME} must hold at least one array (leaves stacked on a "
-            f"leading batch axis), but got {batches!r}."
-        )
-        raise HVPError(msg)
-    lengths = {}
-    for path, leaf in leaves:
-        where = f"batches{jax.tree_util.keystr(path)}"
-        if not is_array(leaf):
-            msg = (
-                f"batches given to {_NAME} must be a pytree of arrays, but {where} has type "
-                f"{type(leaf)}. Wrap numbers with jnp.asarray."
-            )
-            raise TypeError(msg)
-        if leaf.ndim < 1:
-            msg = (
-                f"every leaf of the batches given to {_NAME} needs a leading batch axis, but "
-                f"{where} is a scalar. Stack the batches: jnp.stack([batch_0, batch_1, ...])."
-            )
-            raise HVPError(msg)
-        lengths[where] = leaf.shape[0]
-    if len(set(lengths.values())) > 1 or 0 in lengths.values():
-        msg = (
-            f"every leaf of the batches given to {_NAME} must have the same leading length "
-            f"num_batches >= 1, but got {lengths}. Stack equal-size batches on axis 0, e.g. "
-            "x.reshape(num_batches, batch_size, *x.shape[1:])."
-        )
-        raise HVPError(msg)
-    return jax.tree_util.tree_map(jnp.asarray, batches)
+        positions, chosen = pick(spec.primals, select, _NAME)
+        block = (positions, jax.tree_util.tree_structure(chosen))
+    return batch_hessian(loss, spec, batches, block, mode, jit, _NAME)

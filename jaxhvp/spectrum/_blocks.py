@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from .._errors import HVPError
-from .._operator import HessianOperator, hessian_operator
+from ..operators._hessian import HessianOperator, hessian_operator, merge
 
 _NAME = "block_operator"
 
@@ -73,14 +73,6 @@ def pick(inputs: Any, select: Callable, fn_name: str) -> tuple[tuple[int, ...], 
         )
         raise HVPError(msg)
     return positions, block_tree.unflatten([leaves[i] for i in positions])
-
-
-def merge(inputs: Any, positions: tuple[int, ...], block: Any) -> Any:
-    """``inputs`` with the leaves at ``positions`` replaced by the block's leaves, in order."""
-    leaves, treedef = jax.tree_util.tree_flatten(inputs)
-    for position, leaf in zip(positions, jax.tree_util.tree_leaves(block)):
-        leaves[position] = leaf
-    return treedef.unflatten(leaves)
 
 
 @dataclasses.dataclass(frozen=True)

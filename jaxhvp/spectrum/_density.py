@@ -20,12 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import HVPError
+from .._validate import check_count, check_key
 from . import _lanczos
 from ._operand import (
     FlatOperator,
     check_batch_size,
-    check_count,
-    check_key,
     compiled_call,
     map_probes,
     operand,

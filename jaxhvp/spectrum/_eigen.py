@@ -11,12 +11,10 @@ import numpy as np
 
 from .. import _eager
 from .._errors import HVPError
+from .._validate import check_choice, check_count, check_key
 from . import _lanczos
 from ._operand import (
     FlatOperator,
-    check_choice,
-    check_count,
-    check_key,
     compiled_call,
     operand,
     size_of,

@@ -1,8 +1,8 @@
 """What the spectrum estimators accept: an operator, a key, and how they see it as a flat matvec.
 
-Every estimator takes ``op``: a :class:`jaxhvp.HessianOperator` (including those built by
-``batch_hessian_operator`` and ``block_operator``) or any symmetric linear map ``matvec(v)``
-over a pytree, with ``like=`` giving the vectors' structure, shapes and dtypes. Inside the
+Every estimator takes ``op``: any :class:`jaxhvp.Operator` (Hessian, GGN, Fisher, empirical
+Fisher, batch, block, damped, scaled, summed) or any symmetric linear map ``matvec(v)`` over a
+pytree, with ``like=`` giving the vectors' structure, shapes and dtypes. Inside the
 compiled kernel the map is seen over flat vectors (``ravel_pytree`` order), as
 :class:`FlatOperator`. :func:`compiled_call` runs an estimator as one compiled kernel through
 the package's eager-call machinery (``_eager.call``): the arrays an operator or a matvec
@@ -24,26 +24,27 @@ from jax.flatten_util import ravel_pytree
 
 from .. import _eager
 from .._errors import HVPError
-from .._operator import HessianOperator
+from .._validate import check_count
+from ..operators import Operator
 
 
 def operand(op: Any, like: Any, fn_name: str) -> tuple[Callable, Any]:
     """Checks ``op`` and ``like``; returns ``(matvec, like)`` with ``like`` as arrays.
 
-    A :class:`HessianOperator` supplies its own structure (its ``grad``); a plain callable
-    needs ``like``: a pytree of arrays or ``jax.ShapeDtypeStruct`` with floating dtypes.
+    An :class:`Operator` supplies its own structure (``op.like``); a plain callable needs
+    ``like``: a pytree of arrays or ``jax.ShapeDtypeStruct`` with floating dtypes.
     """
-    if isinstance(op, HessianOperator):
+    if isinstance(op, Operator):
         if like is not None:
             msg = (
-                f"{fn_name} takes like= only with a plain matvec function; a HessianOperator "
-                "already knows its vectors' structure (that of op.grad). Drop like=."
+                f"{fn_name} takes like= only with a plain matvec function; a jaxhvp operator "
+                "already knows its vectors' structure. Drop like=."
             )
             raise HVPError(msg)
-        return op, op.grad
+        return op, op.like
     if not callable(op):
         msg = (
-            f"The op given to {fn_name} must be a jaxhvp.HessianOperator or a callable "
+            f"The op given to {fn_name} must be a jaxhvp operator or a callable "
             f"matvec(v) -> H v over a pytree, but got {type(op)}."
         )
         raise TypeError(msg)
@@ -90,44 +91,8 @@ def _as_arrays(like: Any, fn_name: str) -> Any:
     return treedef.unflatten(arrays)
 
 
-def check_key(key: Any, fn_name: str) -> jax.Array:
-    """A PRNG key: a typed key (``jax.random.key``) or a raw one (``jax.random.PRNGKey``)."""
-    if isinstance(key, (jax.Array, np.ndarray)):
-        key = jnp.asarray(key)
-        typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
-        if (typed and key.shape == ()) or (key.dtype == jnp.uint32 and key.shape == (2,)):
-            return key
-    msg = (
-        f"key given to {fn_name} must be one JAX PRNG key, e.g. key=jax.random.key(0), but "
-        f"got {_describe(key)}."
-    )
-    raise TypeError(msg)
-
-
-def _describe(value: Any) -> str:
-    if isinstance(value, (jax.Array, np.ndarray)):
-        return f"an array of shape {tuple(value.shape)} and dtype {value.dtype}"
-    return f"{type(value).__name__} {value!r}"
-
-
-def check_count(value: Any, name: str, fn_name: str, *, minimum: int = 1) -> int:
-    """A Python int of at least ``minimum`` (bools are not counts)."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum:
-        return int(value)
-    msg = f"{name} given to {fn_name} must be an int >= {minimum}, but got {value!r}."
-    raise HVPError(msg)
-
-
 def check_batch_size(value: Any, fn_name: str) -> int | None:
     return None if value is None else check_count(value, "probe_batch_size", fn_name)
-
-
-def check_choice(value: Any, name: str, choices: tuple[str, ...], fn_name: str) -> str:
-    if isinstance(value, str) and value in choices:
-        return value
-    options = ", ".join(repr(c) for c in choices)
-    msg = f"{name} given to {fn_name} must be one of {options}, but got {value!r}."
-    raise HVPError(msg)
 
 
 def size_of(like: Any) -> int:

@@ -17,12 +17,10 @@ import jax
 import jax.numpy as jnp
 
 from .._errors import HVPError
+from .._validate import check_choice, check_count, check_key
 from ._operand import (
     FlatOperator,
     check_batch_size,
-    check_choice,
-    check_count,
-    check_key,
     compiled_call,
     map_probes,
     operand,

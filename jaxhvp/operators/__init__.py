@@ -1,0 +1,29 @@
+"""Curvature operators: one interface (:class:`Operator`) for the Hessian, the generalized
+Gauss-Newton, the Fisher and the empirical Fisher, and their damped, scaled and summed
+combinations."""
+
+from ._base import DampedOperator as DampedOperator
+from ._base import Operator as Operator
+from ._base import ScaledOperator as ScaledOperator
+from ._base import SumOperator as SumOperator
+from ._ggn import GGNOperator as GGNOperator
+from ._ggn import empirical_fisher_operator as empirical_fisher_operator
+from ._ggn import fisher_operator as fisher_operator
+from ._ggn import ggn_operator as ggn_operator
+from ._ggn import gnvp as gnvp
+from ._hessian import HessianOperator as HessianOperator
+from ._hessian import hessian_operator as hessian_operator
+
+__all__ = [
+    "DampedOperator",
+    "GGNOperator",
+    "HessianOperator",
+    "Operator",
+    "ScaledOperator",
+    "SumOperator",
+    "empirical_fisher_operator",
+    "fisher_operator",
+    "ggn_operator",
+    "gnvp",
+    "hessian_operator",
+]

@@ -1,0 +1,371 @@
+"""``Operator``: the one interface of every curvature operator, and its combinations.
+
+A subclass is a registered dataclass pytree that says three things: the vectors it acts on
+(``like``, a pytree of arrays), whether its products follow the tuple rule (``is_tuple``),
+and its product ``_product(v)``, written for tracing. Everything else is defined here once:
+the eager product through the compiled-kernel cache (``mv``, ``op(v)``, ``op @ v``),
+``matmat``, ``as_matrix``, ``as_scipy``, ``as_lineax`` with truthful tags, ``diagonal``, and
+the algebra ``op + other``, ``op + λ`` (damping, ``H + λI``), ``c * op``. Estimators and
+solvers ask for this interface, never for a concrete class.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import functools
+import numbers
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.flatten_util import ravel_pytree
+
+from .. import _eager
+from .._errors import HVPError
+from .._inputs import Inputs, as_tangents
+
+
+class Operator(abc.ABC):
+    """A symmetric linear operator on a pytree of parameters (a curvature matrix).
+
+    Every jaxhvp operator (Hessian, GGN, Fisher, empirical Fisher, and their damped, scaled
+    and summed combinations) has this interface: ``op(v)``, ``op @ v``, ``op.mv(v)``,
+    ``op.matmat(V, batch_size)``, ``op.as_matrix()``, ``op.as_scipy()``, ``op.as_lineax()``,
+    ``op.value`` and ``op.grad`` (``None`` where the operator has no objective), and
+    ``op.psd`` (whether it is positive semi-definite by construction). Operators are pytrees:
+    they cross ``jax.jit``, ride in ``lax`` loops, and serve as the ``A`` of
+    ``jax.scipy.sparse.linalg.cg``. ``op + other``, ``op + lam`` (``op + lam * I``) and
+    ``c * op`` are operators too.
+    """
+
+    psd: ClassVar[bool] = False  # positive semi-definite by construction (a lineax tag)
+
+    # Subclasses also have ``is_tuple`` (whether vectors follow the tuple rule of
+    # jaxhvp.hvp), and ``value`` and ``grad`` (None where there is no objective).
+
+    @property
+    @abc.abstractmethod
+    def like(self) -> Any:
+        """A pytree of arrays with the structure, shapes and dtypes of the vectors."""
+
+    @abc.abstractmethod
+    def _product(self, v: Any) -> Any:
+        """The product with one vector, for tracing (no checks)."""
+
+    # --- products ------------------------------------------------------------------------
+
+    def mv(self, v: Any) -> Any:
+        """``A v``; ``v`` must match the operator's vectors (structure, shapes, dtypes)."""
+        return _eager.call(_apply, (), self, (as_tangents(v, self._space()),))
+
+    def __call__(self, v: Any) -> Any:
+        return self.mv(v)
+
+    def __matmul__(self, v: Any) -> Any:
+        return self.mv(v)
+
+    def matmat(self, vectors: Any, batch_size: int | None = None) -> Any:
+        """``A v`` for vectors stacked on a leading axis of every leaf.
+
+        Args:
+          vectors: the operator's vector structure, each leaf with an extra leading axis of
+            length k.
+          batch_size: if given, the products are computed ``batch_size`` vectors at a time
+            (``lax.map``), bounding memory; otherwise all k at once (``jax.vmap``).
+        """
+        check_stacked(vectors, self.like)
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            msg = f"batch_size must be a positive int or None, but got {batch_size!r}."
+            raise HVPError(msg)
+        return _eager.call(_matmat, (batch_size,), self, (vectors,))
+
+    def as_matrix(self) -> jax.Array:
+        """The dense ``(n, n)`` matrix over the flattened vectors (``ravel_pytree`` order).
+
+        Costs n products and n^2 memory: for small problems.
+        """
+        return _eager.call(_as_matrix, (), self, ())
+
+    def exact_diagonal(self, batch_size: int | None = None) -> Any:
+        """The diagonal, exactly, in the structure of the vectors: ``n`` products with the
+        unit vectors (``batch_size`` at a time if given), or whatever cheaper way the
+        operator knows (a GGN or Fisher from its outputs, when it has fewer outputs per batch
+        than parameters). For small problems; :func:`jaxhvp.spectrum.diagonal` estimates."""
+        return _eager.call(_unit_diagonal, (batch_size,), self, ())
+
+    def exact_diagonal_cost(self) -> int:
+        """The products (or vjps) :meth:`exact_diagonal` costs."""
+        return _size(self.like)
+
+    def as_scipy(self) -> Any:
+        """A ``scipy.sparse.linalg.LinearOperator`` over the flattened vectors."""
+        from scipy.sparse.linalg import LinearOperator
+
+        flat, _ = ravel_pytree(self.like)
+
+        def matvec(x: np.ndarray) -> np.ndarray:
+            x = jnp.asarray(np.ravel(x), dtype=flat.dtype)
+            return np.asarray(_eager.call(_apply_flat, (), self, (x,)))
+
+        n = flat.size
+        return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, dtype=flat.dtype)
+
+    def as_lineax(self, *, psd: bool | None = None) -> Any:
+        """A ``lineax`` operator (needs ``pip install lineax``).
+
+        Tagged symmetric, and positive semi-definite when ``op.psd`` is True (a GGN, a
+        Fisher, and their non-negative combinations), so ``lineax.CG`` accepts it. Pass
+        ``psd=True`` to assert it for an operator that cannot know (a Hessian at a minimum,
+        a Hessian damped past its most negative eigenvalue).
+        """
+        try:
+            import lineax
+        except ImportError as error:
+            msg = "as_lineax needs the optional dependency lineax: pip install lineax."
+            raise ImportError(msg) from error
+        tags = [lineax.symmetric_tag]
+        if self.psd if psd is None else psd:
+            tags.append(lineax.positive_semidefinite_tag)
+        structure = jax.tree_util.tree_map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), self.like
+        )
+        return lineax.FunctionLinearOperator(_LinearMap(self), structure, tags=frozenset(tags))
+
+    # --- algebra -------------------------------------------------------------------------
+
+    def __add__(self, other: Any) -> Operator:
+        if isinstance(other, Operator):
+            check_same_space(self, other)
+            return SumOperator(self, other)
+        if _is_scalar(other):
+            return DampedOperator(self, _scalar_array(other, self))
+        return NotImplemented
+
+    __radd__ = __add__
+
+    def __mul__(self, scale: Any) -> Operator:
+        if _is_scalar(scale):
+            return ScaledOperator(self, _scalar_array(scale, self))
+        return NotImplemented
+
+    __rmul__ = __mul__
+
+    def _space(self) -> Inputs:
+        return Inputs(self.like, self.is_tuple, type(self).__name__)
+
+
+def _is_scalar(value: Any) -> bool:
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return True
+    return isinstance(value, (jax.Array, np.ndarray)) and np.ndim(value) == 0
+
+
+def _scalar_array(value: Any, op: Operator) -> jax.Array:
+    dtype = jax.tree_util.tree_leaves(op.like)[0].dtype
+    return jnp.asarray(value, dtype=dtype)
+
+
+def _concretely_nonnegative(value: jax.Array) -> bool:
+    """Whether a scalar is known (not traced) to be >= 0: only then may a tag rely on it."""
+    try:
+        return bool(value >= 0)
+    except jax.errors.ConcretizationTypeError:
+        return False
+
+
+def check_same_space(a: Operator, b: Operator) -> None:
+    def signature(op: Operator) -> tuple:
+        leaves, treedef = jax.tree_util.tree_flatten(op.like)
+        return treedef, [(tuple(x.shape), np.dtype(x.dtype)) for x in leaves]
+
+    if signature(a) != signature(b):
+        msg = (
+            f"Only operators on the same vectors can be added, but the left one acts on "
+            f"{signature(a)} and the right one on {signature(b)}."
+        )
+        raise HVPError(msg)
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["left", "right"], meta_fields=["psd"]
+)
+@dataclasses.dataclass(frozen=True)
+class SumOperator(Operator):
+    """``left + right``: a sum of two operators on the same vectors."""
+
+    left: Operator
+    right: Operator
+    psd: bool | None = None  # None: both are positive semi-definite
+
+    def __post_init__(self) -> None:
+        if self.psd is None:
+            object.__setattr__(self, "psd", self.left.psd and self.right.psd)
+
+    value = grad = None  # a sum of curvatures has no one objective
+
+    @property
+    def like(self) -> Any:
+        return self.left.like
+
+    @property
+    def is_tuple(self) -> bool:
+        return self.left.is_tuple
+
+    def _product(self, v: Any) -> Any:
+        return jax.tree_util.tree_map(jnp.add, self.left._product(v), self.right._product(v))
+
+
+class _Modified(Operator):
+    """An operator made from one ``base`` and one number: the base's vectors; positive
+    semi-definite if the base is and the number is known (not traced) to be >= 0."""
+
+    def __post_init__(self) -> None:
+        if self.psd is None:
+            known = self.base.psd and _concretely_nonnegative(self._number())
+            object.__setattr__(self, "psd", known)
+
+    @property
+    def like(self) -> Any:
+        return self.base.like
+
+    @property
+    def is_tuple(self) -> bool:
+        return self.base.is_tuple
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["base", "scale"], meta_fields=["psd"]
+)
+@dataclasses.dataclass(frozen=True)
+class ScaledOperator(_Modified):
+    """``scale * base``."""
+
+    base: Operator
+    scale: jax.Array
+    psd: bool | None = None
+
+    value = grad = None  # the scaled curvature of which objective is not known
+
+    def _number(self) -> jax.Array:
+        return self.scale
+
+    def _product(self, v: Any) -> Any:
+        return jax.tree_util.tree_map(lambda x: self.scale * x, self.base._product(v))
+
+
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["base", "damping"], meta_fields=["psd"]
+)
+@dataclasses.dataclass(frozen=True)
+class DampedOperator(_Modified):
+    """``base + damping * I`` (Levenberg-Marquardt / Tikhonov damping).
+
+    ``value`` and ``grad`` are the base operator's: damping changes the curvature, not the
+    objective.
+    """
+
+    base: Operator
+    damping: jax.Array
+    psd: bool | None = None
+
+    @property
+    def value(self) -> Any:
+        return self.base.value
+
+    @property
+    def grad(self) -> Any:
+        return self.base.grad
+
+    def _number(self) -> jax.Array:
+        return self.damping
+
+    def _product(self, v: Any) -> Any:
+        return jax.tree_util.tree_map(lambda a, x: a + self.damping * x, self.base._product(v), v)
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["op"], meta_fields=[])
+@dataclasses.dataclass(frozen=True)
+class _LinearMap:
+    """``v -> A v`` as a pytree callable, for libraries that store the function."""
+
+    op: Operator
+
+    def __call__(self, v: Any) -> Any:
+        return self.op._product(v)
+
+
+def _apply(op: Operator, v: Any) -> Any:
+    return op._product(v)
+
+
+def _apply_flat(op: Operator, x: jax.Array) -> jax.Array:
+    _, unravel = ravel_pytree(op.like)
+    return ravel_pytree(op._product(unravel(x)))[0]
+
+
+def _matmat(op: Operator, vectors: Any, batch_size: int | None) -> Any:
+    if batch_size is None:
+        return jax.vmap(op._product)(vectors)
+    return lax.map(op._product, vectors, batch_size=batch_size)
+
+
+def _size(tree: Any) -> int:
+    return sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(tree))
+
+
+def _unit_diagonal(op: Operator, batch_size: int | None) -> Any:
+    return unit_diagonal(op._product, op.like, batch_size)
+
+
+def unit_diagonal(matvec: Callable, like: Any, batch_size: int | None) -> Any:
+    """The diagonal of ``matvec`` from its products with the unit vectors; traced."""
+    flat, unravel = ravel_pytree(like)
+
+    def entry(i: jax.Array) -> jax.Array:
+        e = jnp.zeros_like(flat).at[i].set(1)
+        return ravel_pytree(matvec(unravel(e)))[0][i]
+
+    indices = jnp.arange(flat.size)
+    if batch_size is None:
+        return unravel(jax.vmap(entry)(indices))
+    return unravel(lax.map(entry, indices, batch_size=batch_size))
+
+
+def _as_matrix(op: Operator) -> jax.Array:
+    flat, unravel = ravel_pytree(op.like)
+    columns = jax.vmap(lambda e: ravel_pytree(op._product(unravel(e)))[0])(
+        jnp.eye(flat.size, dtype=flat.dtype)
+    )
+    return columns.T
+
+
+def check_stacked(vectors: Any, like: Any) -> None:
+    """``vectors`` must be ``like``'s structure with one extra leading axis on every leaf."""
+    v_tree, x_tree = jax.tree_util.tree_structure(vectors), jax.tree_util.tree_structure(like)
+    if v_tree != x_tree:
+        msg = (
+            "matmat needs the vectors stacked in the structure of the operator's vectors, "
+            f"{x_tree}, but the vectors have structure {v_tree}."
+        )
+        raise HVPError(msg)
+    counts = set()
+    for path, v, x in zip(
+        *zip(*jax.tree_util.tree_flatten_with_path(vectors)[0]),
+        jax.tree_util.tree_leaves(like),
+    ):
+        if jnp.shape(v)[1:] != x.shape or jnp.result_type(v) != x.dtype or jnp.ndim(v) < 1:
+            msg = (
+                f"matmat needs each leaf of shape (k, *input_shape) and the input's dtype; at "
+                f"{jax.tree_util.keystr(path) or 'the vectors'} expected (k, "
+                f"*{tuple(x.shape)}) of {x.dtype}, but got {jnp.shape(v)} of "
+                f"{jnp.result_type(v)}. Stack the vectors with jnp.stack on axis 0."
+            )
+            raise HVPError(msg)
+        counts.add(jnp.shape(v)[0])
+    if len(counts) > 1:
+        msg = f"matmat needs the same number of vectors in every leaf, but got {sorted(counts)}."
+        raise HVPError(msg)
