@@ -7,6 +7,7 @@ label of the outer product of the loss gradient, the empirical Fisher from a sta
 per-example gradients.
 """
 
+import functools
 import itertools
 
 import jax
@@ -308,6 +309,7 @@ def test_empirical_fisher_over_batches_with_pytree_outputs():
 # --- diagonals ----------------------------------------------------------------------------
 
 
+@functools.cache  # built once (in float64: every test runs with x64) for the module's tests
 def _operators():
     """One of each kind on the same small problem, and its dense matrix."""
     x, y = _data()
@@ -611,3 +613,69 @@ def test_bad_arguments_get_clear_errors():
         jaxhvp.ggn_operator(
             lambda p, b: mlp(p, b[0]), lambda o, b: o.sum(), params, batches=(x, y[:3])
         )
+
+
+# --- curvature in the optimisers ----------------------------------------------------------
+
+
+def _logistic():
+    xs = jax.random.normal(jax.random.key(0), (40, 3))
+    ys = (xs @ jnp.array([1.0, -2.0, 0.5]) > 0).astype(xs.dtype)
+
+    def nll(out, y):
+        return jnp.mean(jnp.logaddexp(0.0, out) - y * out)
+
+    def fun(w, xs, ys):
+        return nll(xs @ w["w"] + w["b"], ys) + 1e-3 * w["w"] @ w["w"]
+
+    def gauss_newton(w, xs, ys):  # exact for logistic regression: the GGN is the Hessian
+        model = lambda p: xs @ p["w"] + p["b"]  # noqa: E731
+        ridge = jaxhvp.hessian_operator(lambda p: 1e-3 * p["w"] @ p["w"], w)
+        return jaxhvp.ggn_operator(model, lambda out: nll(out, ys), w) + ridge
+
+    w0 = {"w": jnp.zeros(3), "b": jnp.zeros(())}
+    return fun, gauss_newton, w0, (xs, ys)
+
+
+@pytest.mark.parametrize("method", ["trust-ncg", "newton-cg"])
+def test_minimize_with_a_gauss_newton_curvature(method):
+    fun, gauss_newton, w0, args = _logistic()
+    hessian = jaxhvp.minimize(fun, w0, args, method=method, tol=1e-10)
+    ggn = jaxhvp.minimize(fun, w0, args, method=method, tol=1e-10, curvature=gauss_newton)
+    assert bool(ggn.success) and int(ggn.nit) == int(hessian.nit)
+    assert_trees_close(ggn.x, hessian.x, rtol=1e-8, atol=1e-8)
+    assert int(ggn.nhev) > 0
+
+
+def test_step_functions_with_a_curvature_under_jit():
+    fun, gauss_newton, w0, args = _logistic()
+    optimum = jaxhvp.minimize(fun, w0, args, method="trust-ncg", tol=1e-12).x
+    for init, step in (
+        (jaxhvp.trust_ncg_init(w0), jaxhvp.trust_ncg_step),
+        (jaxhvp.newton_cg_init(w0, damping=1e-4), jaxhvp.newton_cg_step),
+    ):
+        run = jax.jit(lambda p, s, step=step: step(fun, p, s, *args, curvature=gauss_newton))
+        params, state = w0, init
+        for _ in range(15):
+            params, state, _ = run(params, state)
+        assert_trees_close(params, optimum, rtol=1e-6, atol=1e-6)
+
+
+def test_curvature_errors_name_the_argument():
+    fun, gauss_newton, w0, args = _logistic()
+    with pytest.raises(jaxhvp.HVPError, match="Give hessp or curvature, not both"):
+        jaxhvp.minimize(
+            fun, w0, args, method="trust-ncg", curvature=gauss_newton, hessp=lambda x, p, *a: p
+        )
+    with pytest.raises(TypeError, match="curvature must return a jaxhvp operator"):
+        jaxhvp.minimize(fun, w0, args, method="trust-ncg", curvature=lambda w, *a: w)
+    with pytest.raises(jaxhvp.HVPError, match="with the structure of x0"):
+        jaxhvp.minimize(
+            fun,
+            w0,
+            args,
+            method="trust-ncg",
+            curvature=lambda w, *a: jaxhvp.hessian_operator(jnp.sum, w["w"]),
+        )
+    with pytest.raises(TypeError, match="curvature must be callable"):
+        jaxhvp.trust_ncg_step(fun, w0, jaxhvp.trust_ncg_init(w0), *args, curvature=3)
