@@ -176,3 +176,51 @@ def test_products_agree_tuple(points, mode):
 def test_products_agree_dict(points, mode):
     x, v = map(tree, points)
     assert_products_agree(mlp, x, v, mode)
+
+
+# --- GGN, Fisher and empirical Fisher: symmetric, positive semi-definite, linear ---------
+
+_X = np.linspace(-1.0, 1.0, 12).reshape(4, 3)
+_Y = np.array([0, 2, 1, 2])
+
+
+def _net(p):
+    return jnp.tanh(_X @ p["w"].T + p["b"]) @ jnp.ones((p["b"].size, 3))
+
+
+def _per_example(out):
+    return -jnp.take_along_axis(jax.nn.log_softmax(out), _Y[:, None], axis=1)[:, 0]
+
+
+def _curvatures(p):
+    return (
+        jaxhvp.ggn_operator(_net, lambda out: _per_example(out).mean(), p),
+        jaxhvp.fisher_operator(_net, p, likelihood="bernoulli"),
+        jaxhvp.fisher_operator(
+            _net, p, likelihood="categorical", mc_samples=3, key=jax.random.key(0)
+        ),
+        jaxhvp.empirical_fisher_operator(_net, _per_example, p),
+    )
+
+
+@SETTINGS
+@given(dict_points(3), st.floats(-2.0, 2.0))
+def test_output_space_curvatures_are_symmetric_psd_and_linear(points, a):
+    p, u, v = (jax.tree_util.tree_map(jnp.asarray, t) for t in points)
+    combined = jax.tree_util.tree_map(lambda x, y: a * x + y, u, v)
+    for op in _curvatures(p):
+        gu, gv = op @ u, op @ v
+        assert op.psd
+        np.testing.assert_allclose(_dot(u, gv), _dot(gu, v), **TOL)
+        assert _dot(v, gv) >= -1e-10 * (1 + abs(_dot(v, v)))
+        expected = jax.tree_util.tree_map(lambda x, y: a * x + y, gu, gv)
+        assert_trees_close(op @ combined, expected, **TOL)
+
+
+def _dot(a, b):
+    return float(
+        sum(
+            jnp.vdot(x, y)
+            for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+        )
+    )
