@@ -679,3 +679,54 @@ def test_curvature_errors_name_the_argument():
         )
     with pytest.raises(TypeError, match="curvature must be callable"):
         jaxhvp.trust_ncg_step(fun, w0, jaxhvp.trust_ncg_init(w0), *args, curvature=3)
+
+
+def test_every_operator_restricts_to_a_block():
+    params, ops = _operators()
+    flat, unravel = ravel_pytree(params)
+    marker = unravel(jnp.arange(flat.size, dtype=flat.dtype))
+    index = np.concatenate([np.ravel(marker["b1"]), np.ravel(marker["w2"])]).astype(int)
+    for name, (op, dense) in ops.items():
+        block = op.block(lambda p: (p["b1"], p["w2"]))
+        assert isinstance(block, jaxhvp.Operator) and block.is_tuple and block.psd == op.psd
+        np.testing.assert_allclose(
+            block.as_matrix(), dense[np.ix_(index, index)], rtol=1e-10, atol=1e-13, err_msg=name
+        )
+        if op.grad is not None:
+            assert_trees_close(block.grad, (op.grad["b1"], op.grad["w2"]))
+    with pytest.raises(jaxhvp.HVPError, match="picked the same leaf more than once"):
+        ops["ggn"][0].block(lambda p: (p["w2"], p["w2"]))
+
+
+def test_operators_are_built_and_used_under_vmap_and_grad():
+    x, y = _data()
+    params = _params()
+    v = _vector(params)
+    stacked = jax.tree_util.tree_map(lambda a: jnp.stack([a, 1.5 * a]), params)
+
+    def products(p):
+        ggn = jaxhvp.ggn_operator(
+            lambda q: mlp(q, x), lambda o: MATCHING_LOSS["categorical"](o, y), p
+        )
+        mc = jaxhvp.fisher_operator(
+            lambda q: mlp(q, x), p, likelihood="categorical", mc_samples=2, key=jax.random.key(0)
+        )
+        return ggn @ v, mc @ v
+
+    batched = jax.vmap(products)(stacked)
+    for i in range(2):
+        one = products(jax.tree_util.tree_map(lambda a, i=i: a[i], stacked))
+        assert_trees_close(jax.tree_util.tree_map(lambda a, i=i: a[i], batched), one)
+    # differentiable in the parameters: the derivative of <v, G(p) v> by finite differences
+    quadratic = lambda p: _dot(v, products(p)[0])  # noqa: E731
+    eps = 1e-6
+    direction = _vector(params, seed=11)
+    step = lambda s: jax.tree_util.tree_map(lambda a, d: a + s * d, params, direction)  # noqa: E731
+    numeric = (quadratic(step(eps)) - quadratic(step(-eps))) / (2 * eps)
+    np.testing.assert_allclose(_dot(jax.grad(quadratic)(params), direction), numeric, rtol=1e-6)
+
+
+def _dot(a, b):
+    return sum(
+        jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+    )

@@ -6,6 +6,7 @@ from ._base import DampedOperator as DampedOperator
 from ._base import Operator as Operator
 from ._base import ScaledOperator as ScaledOperator
 from ._base import SumOperator as SumOperator
+from ._blocks import BlockOperator as BlockOperator
 from ._ggn import GGNOperator as GGNOperator
 from ._ggn import empirical_fisher_operator as empirical_fisher_operator
 from ._ggn import fisher_operator as fisher_operator
@@ -15,6 +16,7 @@ from ._hessian import HessianOperator as HessianOperator
 from ._hessian import hessian_operator as hessian_operator
 
 __all__ = [
+    "BlockOperator",
     "DampedOperator",
     "GGNOperator",
     "HessianOperator",

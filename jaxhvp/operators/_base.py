@@ -137,6 +137,18 @@ class Operator(abc.ABC):
 
     # --- algebra -------------------------------------------------------------------------
 
+    def block(self, select: Callable) -> Operator:
+        """The diagonal block ``P^T A P`` for a part of the parameters, the rest held fixed.
+
+        ``select`` picks the part, e.g. ``lambda p: p["layer1"]`` or ``lambda p: (p["w1"],
+        p["b1"])``; it may only index and regroup. The block's vectors (and ``grad``) have
+        the structure it returns; a product costs one product of the whole operator.
+        """
+        from ._blocks import BlockOperator, pick
+
+        positions, chosen = pick(self.like, select, "block")
+        return BlockOperator(self, positions, jax.tree_util.tree_structure(chosen))
+
     def __add__(self, other: Any) -> Operator:
         if isinstance(other, Operator):
             check_same_space(self, other)

@@ -15,6 +15,7 @@ from .._errors import HVPError
 from .._inputs import Inputs, as_inputs
 from .._modes import AUTO, MODE_NAMES, MODES, check_callable, resolve_mode, scalar_fn
 from ._base import Operator
+from ._blocks import merge
 from ._data import check_batches, mean_over_batches
 
 _NAME = "hessian_operator"
@@ -165,13 +166,6 @@ class MeanProduct:
             return self.compose(self.scalar(params, batch), block, v)[0]
 
         return mean_over_batches(product, jax.tree_util.tree_map(jnp.zeros_like, v), batches)
-
-
-def merge(inputs: Any, positions: tuple[int, ...], block: Any) -> Any:
-    leaves, treedef = jax.tree_util.tree_flatten(inputs)
-    for position, leaf in zip(positions, jax.tree_util.tree_leaves(block)):
-        leaves[position] = leaf
-    return treedef.unflatten(leaves)
 
 
 def batch_hessian(

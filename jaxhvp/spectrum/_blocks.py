@@ -15,81 +15,23 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from .._errors import HVPError
-from ..operators._hessian import HessianOperator, hessian_operator, merge
+from ..operators._blocks import BlockOperator, pick
+from ..operators._hessian import HessianOperator, hessian_operator
 
 _NAME = "block_operator"
 
 
-class _Position:
-    """Stands in for the leaf at ``index`` while ``select`` runs."""
-
-    __slots__ = ("index",)
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-
-    def __repr__(self) -> str:
-        return f"<leaf {self.index}>"
-
-
-def pick(inputs: Any, select: Callable, fn_name: str) -> tuple[tuple[int, ...], Any]:
-    """``(positions, block)``: the flat positions of the leaves ``select`` picks, and them."""
-    if not callable(select):
-        msg = (
-            f"select given to {fn_name} must be a function picking part of the inputs, e.g. "
-            f"select=lambda p: p['layer1'], but got {type(select)}."
-        )
-        raise TypeError(msg)
-    leaves, treedef = jax.tree_util.tree_flatten(inputs)
-    marked = treedef.unflatten([_Position(i) for i in range(len(leaves))])
-    try:
-        chosen = select(marked)
-    except (TypeError, AttributeError, ValueError) as error:
-        msg = (
-            f"select given to {fn_name} must only pick parts of the inputs pytree (index, "
-            "take attributes, build tuples or dicts of them), not compute with its arrays; "
-            f"running it on the inputs' structure raised {type(error).__name__}: {error}."
-        )
-        raise TypeError(msg) from error
-    picked, block_tree = jax.tree_util.tree_flatten(chosen)
-    for leaf in picked:
-        if not isinstance(leaf, _Position):
-            msg = (
-                f"select given to {fn_name} must return leaves of the inputs, but it returned "
-                f"a {type(leaf)}. Return a part of its argument, e.g. lambda p: p['layer1']."
-            )
-            raise TypeError(msg)
-    positions = tuple(leaf.index for leaf in picked)
-    if not positions:
-        msg = f"select given to {fn_name} picked no array from the inputs; pick at least one."
-        raise HVPError(msg)
-    if len(set(positions)) != len(positions):
-        msg = (
-            f"select given to {fn_name} picked the same leaf more than once (positions "
-            f"{positions} in the flattened inputs); pick each array once."
-        )
-        raise HVPError(msg)
-    return positions, block_tree.unflatten([leaves[i] for i in positions])
-
-
 @dataclasses.dataclass(frozen=True)
 class _BlockProduct:
-    """``(full, v) -> (P^T H P) v``: the block's vector embedded with zeros, the full product,
-    the block's part of it. Hashable: it is the static part of the block operator's pytree."""
+    """``(full, v) -> (P^T H P) v``, as :class:`jaxhvp.operators.BlockOperator` computes it.
+    Hashable: it is the static part of the block operator's pytree."""
 
     positions: tuple[int, ...]
     block_tree: Any  # the block's structure (a PyTreeDef)
 
-    def pick(self, tree: Any) -> Any:
-        leaves = jax.tree_util.tree_leaves(tree)
-        return self.block_tree.unflatten([leaves[i] for i in self.positions])
-
     def __call__(self, full: HessianOperator, v: Any) -> Any:
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, full.grad)
-        return self.pick(full.linear(merge(zeros, self.positions, v)))
+        return BlockOperator(full, self.positions, self.block_tree)._product(v)
 
 
 def block_operator(
@@ -129,8 +71,7 @@ def block_operator(
 
     Examples:
       >>> import jax
-      >>> import jax.numpy as jnp
-      >>> import jaxhvp
+      >>>       >>> import jaxhvp
       >>> import jaxhvp.spectrum
       >>> def loss(p):
       ...     return jnp.sum(p["a"] ** 2 * p["b"][0]) + jnp.sum(p["b"] ** 3)
