@@ -29,3 +29,7 @@ __all__ = [
     "gnvp",
     "hessian_operator",
 ]
+
+for _name in __all__:
+    globals()[_name].__module__ = "jaxhvp.operators"
+del _name

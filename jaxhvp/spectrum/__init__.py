@@ -1,9 +1,9 @@
-"""Hessian spectra: extreme eigenvalues, trace and spectral density, over data batches.
+"""Curvature spectra: extreme eigenvalues, trace, diagonal and spectral density.
 
 Every estimator takes any :class:`jaxhvp.Operator` (Hessian, GGN, Fisher, empirical Fisher,
 batch, block, and their damped, scaled and summed combinations) or any symmetric
-``matvec(v)`` over a pytree with ``like=``, and a PRNG ``key``; each runs as one compiled kernel and
-returns a small pytree of results. ``trace`` with ``method="hutchinson"`` or ``"xtrace"``
+``matvec(v)`` over a pytree with ``like=``, and a PRNG ``key``; each runs as one compiled
+kernel and returns a small pytree of results. ``trace`` with ``method="hutchinson"`` or ``"xtrace"``
 needs the optional dependency ``matfree`` (``pip install 'jaxhvp[spectrum]'``).
 """
 
