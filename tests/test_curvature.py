@@ -730,3 +730,91 @@ def _dot(a, b):
     return sum(
         jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
     )
+
+
+# --- found by trying the API: dtypes, blocks in loops, jit=False, algebra -----------------
+
+
+def test_low_and_mixed_precision_diagonals_and_damping():
+    x = jnp.array([[1.0, 2.0, 0.5, 1.0]], dtype=jnp.float32)
+    params = {"a": jnp.ones(4, jnp.bfloat16), "b": jnp.ones(4, jnp.float32)}
+
+    def model(p):
+        return x @ p["a"].astype(jnp.float32) + x @ p["b"]
+
+    op = jaxhvp.ggn_operator(model, lambda out: jnp.sum(out**2), params)
+    exact = jaxhvp.spectrum.diagonal(op, method="exact")  # 1 output < 8 params: output space
+    assert exact.value["a"].dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.float32(exact.value["b"]), 2 * np.asarray(x[0]) ** 2)
+    sketched = jaxhvp.spectrum.diagonal(op, key=jax.random.key(0), num_probes=30, method="diag++")
+    np.testing.assert_allclose(
+        np.float32(sketched.value["b"]), 2 * np.asarray(x[0]) ** 2, rtol=1e-2
+    )
+    for combined in (op + 0.1, 2.0 * op, op - 0.1, op / 2.0, -op):
+        product = combined @ params
+        assert product["a"].dtype == jnp.bfloat16 and product["b"].dtype == jnp.float32
+
+
+def test_literal_damping_keeps_the_psd_tag_under_jit():
+    import lineax
+
+    x = jnp.array([[1.0, 2.0], [3.0, 1.0], [0.0, 1.0]])
+    op = jaxhvp.ggn_operator(lambda w: x @ w, lambda out: jnp.sum(out**2), jnp.ones(2))
+
+    def solve(op, b):
+        return lineax.linear_solve(
+            (op + 1e-3).as_lineax(), b, lineax.CG(rtol=1e-10, atol=1e-10)
+        ).value
+
+    dense = 2 * x.T @ x + 1e-3 * jnp.eye(2)
+    np.testing.assert_allclose(
+        jax.jit(solve)(op, jnp.ones(2)), jnp.linalg.solve(dense, jnp.ones(2)), rtol=1e-8
+    )
+    seen = []
+    jax.jit(lambda o: seen.append(((o + 1.0).psd, (2 * o).psd, (o - 1.0).psd)) or 0.0)(op)
+    assert seen == [(True, True, False)]
+
+
+def test_many_blocks_compile_once_each_and_never_run_uncached():
+    import warnings
+
+    params = {f"layer{i:02d}": jnp.full((2, 2), 0.1 * (i + 1)) for i in range(20)}
+
+    def model(p):
+        h = jnp.ones(2)
+        for name in sorted(p):
+            h = jnp.tanh(p[name] @ h)
+        return h
+
+    op = jaxhvp.ggn_operator(model, lambda out: jnp.sum(out**2), params)
+    jaxhvp.cache_clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an "uncached, op by op" warning fails the test
+        for name in sorted(params):
+            op.block(lambda p, name=name: p[name]) @ params[name]
+        for name in sorted(params):  # the second pass reuses every block's kernel
+            op.block(lambda p, name=name: p[name]) @ params[name]
+    assert jaxhvp.cache_info().uncached == 0
+    assert jaxhvp.cache_info().compilations == 20
+
+
+def test_uncached_warning_names_the_users_model():
+    x = jnp.array([[1.0, 2.0], [3.0, 1.0]])
+
+    def needs_a_float(w):  # a Python float of an array: cannot run in a compiled kernel
+        return jnp.tanh(x @ w / float(jnp.abs(x).max()))
+
+    with pytest.warns(UserWarning, match="runs needs_a_float at .*test_curvature.py"):
+        op = jaxhvp.ggn_operator(needs_a_float, lambda out: jnp.sum(out**2), jnp.ones(2), jit=False)
+        product = op @ jnp.ones(2)
+    jac = jax.jacfwd(lambda w: jnp.tanh(x @ w / 3.0))(jnp.ones(2))
+    np.testing.assert_allclose(product, 2 * jac.T @ jac @ jnp.ones(2), rtol=1e-10)
+    np.testing.assert_allclose(
+        jaxhvp.spectrum.diagonal(op, method="exact").value, np.diag(2 * jac.T @ jac), rtol=1e-10
+    )
+
+
+def test_block_selection_errors():
+    _, ops = _operators()
+    with pytest.raises(TypeError, match="must only pick parts of the inputs pytree"):
+        ops["ggn"][0].block(lambda p: p["missing"])

@@ -208,7 +208,7 @@ def test_matmat_rejects_bad_stacks():
     ragged = {"w": jnp.ones((2, 3, 2)), "b": jnp.ones((3, 2))}
     with pytest.raises(HVPError, match="same number of vectors"):
         op.matmat(ragged)
-    with pytest.raises(HVPError, match="batch_size must be a positive int"):
+    with pytest.raises(HVPError, match="batch_size given to matmat must be an int >= 1"):
         op.matmat(jax.tree.map(lambda x: x[None], v), batch_size=0)
 
 

@@ -17,6 +17,7 @@ from ._call import call as call
 from ._call import is_eager as is_eager
 from ._jax import library_callback as library_callback
 from ._store import CacheInfo as CacheInfo
+from ._values import Static as Static
 from ._values import is_array as is_array
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "AUTO_PRODUCT",
     "CacheInfo",
     "PerSignature",
+    "Static",
     "cache_clear",
     "cache_info",
     "call",

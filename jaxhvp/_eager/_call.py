@@ -390,6 +390,9 @@ def _source(func: Any) -> Any:
     tuple of functions (an objective with its gradient), the first one's."""
     if type(func) is tuple and func:
         func = func[0]
+    user_function = getattr(func, "_user_function", None)  # a jaxhvp operator: its model
+    if callable(user_function) and user_function() is not None:
+        func = user_function()
     while isinstance(func, functools.partial):
         func = func.func
     func = getattr(func, "__func__", func)

@@ -167,10 +167,18 @@ def scalar_key(value: Any) -> Any:
     return value
 
 
+class Static(tuple):
+    """jaxhvp's own static choices that select a different program (the leaves a block
+    operator picks): compared by equality, and part of a kernel's family, so that many of
+    them are many programs, not one Python value that keeps changing."""
+
+    __slots__ = ()
+
+
 def value_like(value: Any) -> bool:
-    """Library values compared by equality rather than identity: a fresh ``PyTreeDef``
-    (``jax.tree.flatten`` at every step) is the same structure."""
-    return isinstance(value, jax.tree_util.PyTreeDef)
+    """Values compared by equality rather than identity: a fresh ``PyTreeDef``
+    (``jax.tree.flatten`` at every step) is the same structure; a :class:`Static`."""
+    return isinstance(value, (jax.tree_util.PyTreeDef, Static))
 
 
 def is_library(obj: Any) -> bool:

@@ -27,6 +27,7 @@ from jax.flatten_util import ravel_pytree
 from .. import _eager
 from .._errors import HVPError
 from .._inputs import Inputs, as_tangents
+from .._validate import check_count
 
 
 class Operator(abc.ABC):
@@ -35,11 +36,12 @@ class Operator(abc.ABC):
     Every jaxhvp operator (Hessian, GGN, Fisher, empirical Fisher, and their damped, scaled
     and summed combinations) has this interface: ``op(v)``, ``op @ v``, ``op.mv(v)``,
     ``op.matmat(V, batch_size)``, ``op.as_matrix()``, ``op.as_scipy()``, ``op.as_lineax()``,
-    ``op.value`` and ``op.grad`` (``None`` where the operator has no objective), and
-    ``op.psd`` (whether it is positive semi-definite by construction). Operators are pytrees:
-    they cross ``jax.jit``, ride in ``lax`` loops, and serve as the ``A`` of
-    ``jax.scipy.sparse.linalg.cg``. ``op + other``, ``op + lam`` (``op + lam * I``) and
-    ``c * op`` are operators too.
+    ``op.exact_diagonal()``, ``op.block(select)``, ``op.value`` and ``op.grad`` (``None``
+    where the operator has no objective), and ``op.psd`` (whether it is positive
+    semi-definite by construction). Operators are pytrees: they cross ``jax.jit``, ride in
+    ``lax`` loops, and serve as the ``A`` of ``jax.scipy.sparse.linalg.cg``. ``op + other``,
+    ``op - other``, ``op + lam`` (``op + lam * I``), ``op - lam``, ``c * op``, ``op / c``
+    and ``-op`` are operators too.
     """
 
     psd: ClassVar[bool] = False  # positive semi-definite by construction (a lineax tag)
@@ -78,9 +80,8 @@ class Operator(abc.ABC):
             (``lax.map``), bounding memory; otherwise all k at once (``jax.vmap``).
         """
         check_stacked(vectors, self.like)
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-            msg = f"batch_size must be a positive int or None, but got {batch_size!r}."
-            raise HVPError(msg)
+        if batch_size is not None:
+            batch_size = check_count(batch_size, "batch_size", "matmat")
         return _eager.call(_matmat, (batch_size,), self, (vectors,))
 
     def as_matrix(self) -> jax.Array:
@@ -93,8 +94,10 @@ class Operator(abc.ABC):
     def exact_diagonal(self, batch_size: int | None = None) -> Any:
         """The diagonal, exactly, in the structure of the vectors: ``n`` products with the
         unit vectors (``batch_size`` at a time if given), or whatever cheaper way the
-        operator knows (a GGN or Fisher from its outputs, when it has fewer outputs per batch
-        than parameters). For small problems; :func:`jaxhvp.spectrum.diagonal` estimates."""
+        operator knows (a GGN or Fisher from its outputs, when its batches have fewer
+        outputs in all than there are parameters; not for sums, scalings, damping or blocks
+        of them, which take the unit vectors). For small problems;
+        :func:`jaxhvp.spectrum.diagonal` estimates."""
         return _eager.call(_unit_diagonal, (batch_size,), self, ())
 
     def exact_diagonal_cost(self) -> int:
@@ -147,24 +150,45 @@ class Operator(abc.ABC):
         from ._blocks import BlockOperator, pick
 
         positions, chosen = pick(self.like, select, "block")
-        return BlockOperator(self, positions, jax.tree_util.tree_structure(chosen))
+        return BlockOperator(self, _eager.Static(positions), jax.tree_util.tree_structure(chosen))
 
     def __add__(self, other: Any) -> Operator:
         if isinstance(other, Operator):
             check_same_space(self, other)
             return SumOperator(self, other)
         if _is_scalar(other):
-            return DampedOperator(self, _scalar_array(other, self))
+            psd = self.psd and _concretely_nonnegative(other)  # before it becomes an array
+            return DampedOperator(self, _scalar_array(other, self), psd)
         return NotImplemented
 
     __radd__ = __add__
 
+    def __sub__(self, other: Any) -> Operator:
+        if isinstance(other, Operator):
+            return self + (-1.0) * other
+        if _is_scalar(other):
+            return self + (-other)
+        return NotImplemented
+
     def __mul__(self, scale: Any) -> Operator:
         if _is_scalar(scale):
-            return ScaledOperator(self, _scalar_array(scale, self))
+            psd = self.psd and _concretely_nonnegative(scale)
+            return ScaledOperator(self, _scalar_array(scale, self), psd)
         return NotImplemented
 
     __rmul__ = __mul__
+
+    def __truediv__(self, scale: Any) -> Operator:
+        if _is_scalar(scale):
+            return self * (1 / scale)
+        return NotImplemented
+
+    def __neg__(self) -> Operator:
+        return (-1.0) * self
+
+    def _user_function(self) -> Callable | None:
+        """The user's function the products run, for naming it in the eager-call warnings."""
+        return None
 
     def _space(self) -> Inputs:
         return Inputs(self.like, self.is_tuple, type(self).__name__)
@@ -177,7 +201,8 @@ def _is_scalar(value: Any) -> bool:
 
 
 def _scalar_array(value: Any, op: Operator) -> jax.Array:
-    dtype = jax.tree_util.tree_leaves(op.like)[0].dtype
+    """The number in the widest floating dtype of the vectors (products cast per leaf)."""
+    dtype = jnp.result_type(*jax.tree_util.tree_leaves(op.like))
     return jnp.asarray(value, dtype=dtype)
 
 
@@ -230,6 +255,9 @@ class SumOperator(Operator):
     def _product(self, v: Any) -> Any:
         return jax.tree_util.tree_map(jnp.add, self.left._product(v), self.right._product(v))
 
+    def _user_function(self) -> Callable | None:
+        return self.left._user_function() or self.right._user_function()
+
 
 class _Modified(Operator):
     """An operator made from one ``base`` and one number: the base's vectors; positive
@@ -247,6 +275,9 @@ class _Modified(Operator):
     @property
     def is_tuple(self) -> bool:
         return self.base.is_tuple
+
+    def _user_function(self) -> Callable | None:
+        return self.base._user_function()
 
 
 @functools.partial(
@@ -266,7 +297,9 @@ class ScaledOperator(_Modified):
         return self.scale
 
     def _product(self, v: Any) -> Any:
-        return jax.tree_util.tree_map(lambda x: self.scale * x, self.base._product(v))
+        return jax.tree_util.tree_map(
+            lambda x: (self.scale * x).astype(x.dtype), self.base._product(v)
+        )
 
 
 @functools.partial(
@@ -296,7 +329,9 @@ class DampedOperator(_Modified):
         return self.damping
 
     def _product(self, v: Any) -> Any:
-        return jax.tree_util.tree_map(lambda a, x: a + self.damping * x, self.base._product(v), v)
+        return jax.tree_util.tree_map(
+            lambda a, x: (a + self.damping * x).astype(a.dtype), self.base._product(v), v
+        )
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["op"], meta_fields=[])

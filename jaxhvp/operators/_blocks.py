@@ -45,7 +45,7 @@ def pick(inputs: Any, select: Callable, fn_name: str) -> tuple[tuple[int, ...], 
     marked = treedef.unflatten([_Position(i) for i in range(len(leaves))])
     try:
         chosen = select(marked)
-    except (TypeError, AttributeError, ValueError) as error:
+    except (TypeError, AttributeError, ValueError, KeyError, IndexError) as error:
         msg = (
             f"select given to {fn_name} must only pick parts of the inputs pytree (index, "
             "take attributes, build tuples or dicts of them), not compute with its arrays; "
@@ -123,6 +123,9 @@ class BlockOperator(Operator):
     def grad(self) -> Any:
         grad = self.base.grad
         return None if grad is None else take(grad, self.positions, self.block_tree)
+
+    def _user_function(self) -> Callable | None:
+        return self.base._user_function()
 
     def _product(self, v: Any) -> Any:
         zeros = jax.tree_util.tree_map(jnp.zeros_like, self.base.like)

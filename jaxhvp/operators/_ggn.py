@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -202,6 +203,8 @@ class GGNProduct:
                 params
             )
 
+        if batches is None:  # no scan, so nothing is traced ahead (jit=False runs op by op)
+            return one(None, None)
         value_shape = jax.eval_shape(lambda: one(_first(batches), None)[0])
         zeros = (jnp.zeros((), value_shape.dtype), jax.tree_util.tree_map(jnp.zeros_like, params))
         return self.over_batches(one, zeros, batches, None)
@@ -213,17 +216,20 @@ class GGNProduct:
         def one(batch: Any, k: Any) -> Any:
             f, vjp = jax.vjp(lambda p: self.model(p, batch), params)
             flat_f, unravel = ravel_pytree(f)
+            wide = jnp.promote_types(flat_f.dtype, jnp.float32)  # eigh needs >= 32 bits
             dense = jax.vmap(
                 lambda e: ravel_pytree(self.curvature.apply(f, batch, k, unravel(e)))[0]
-            )(jnp.eye(flat_f.size, dtype=flat_f.dtype))
+            )(jnp.eye(flat_f.size, dtype=flat_f.dtype)).astype(wide)
             lam, q = jnp.linalg.eigh((dense + dense.T) / 2)
 
             def add(total: Any, pair: tuple) -> tuple[Any, None]:
-                (row,) = vjp(unravel(pair[1]))
-                return jax.tree_util.tree_map(lambda t, g: t + pair[0] * g**2, total, row), None
+                (row,) = vjp(unravel(pair[1].astype(flat_f.dtype)))
+                grow = lambda t, g: t + pair[0] * g.astype(wide) ** 2  # noqa: E731
+                return jax.tree_util.tree_map(grow, total, row), None
 
-            zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-            return lax.scan(add, zeros, (lam, q.T))[0]
+            zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, wide), params)
+            total = lax.scan(add, zeros, (lam, q.T))[0]
+            return jax.tree_util.tree_map(lambda t, p: t.astype(p.dtype), total, params)
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
         return self.over_batches(one, zeros, batches, key)
@@ -285,6 +291,9 @@ class GGNOperator(Operator):
     def _product(self, v: Any) -> Any:
         return self.product(self.params, self.batches, self.key, v)
 
+    def _user_function(self) -> Callable | None:
+        return self.product.model.func
+
     def exact_diagonal(self, batch_size: int | None = None) -> Any:
         """The exact diagonal; in output space when that is cheaper: ``C`` of each batch
         formed densely from its outputs and eigendecomposed, ``C = Q diag(lam) Q^T``, and
@@ -296,10 +305,14 @@ class GGNOperator(Operator):
     def exact_diagonal_cost(self) -> int:
         return min(self._outputs(), super().exact_diagonal_cost())
 
-    def _outputs(self) -> int:
-        """The vjps an output-space diagonal costs: the outputs of all the batches."""
+    def _outputs(self) -> int | float:
+        """The vjps an output-space diagonal costs: the outputs of all the batches (infinite
+        if the model cannot be traced ahead, as a model that needs concrete values)."""
         batches = 1 if self.batches is None else jax.tree_util.tree_leaves(self.batches)[0].shape[0]
-        return batches * self.product.output_size(self.params, self.batches)
+        try:
+            return batches * self.product.output_size(self.params, self.batches)
+        except jax.errors.ConcretizationTypeError:
+            return math.inf
 
 
 def _diagonal(op: GGNOperator) -> Any:

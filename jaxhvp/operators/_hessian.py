@@ -57,6 +57,10 @@ class HessianOperator(Operator):
     def _product(self, v: Any) -> Any:
         return self.linear(v)
 
+    def _user_function(self) -> Callable | None:
+        product = getattr(self.linear, "func", None)  # over batches: Partial(MeanProduct)
+        return product.loss if isinstance(product, MeanProduct) else None
+
 
 def hessian_operator(
     func: Callable,
@@ -197,6 +201,7 @@ def batch_hessian(
         raise HVPError(msg)
     batches = check_batches(batches, fn_name)
     positions, block_tree = block if block is not None else (None, None)
+    positions = None if positions is None else _eager.Static(positions)
     product = MeanProduct(loss, compose, spec.is_tuple, positions, block_tree)
     options = (spec.is_tuple, positions, block_tree)
     value, grad = _eager.call(_mean_value_and_grad, options, loss, (spec.primals, batches), jit=jit)

@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 
+from .. import _eager
 from ..operators._blocks import BlockOperator, pick
 from ..operators._hessian import HessianOperator, hessian_operator
 
@@ -85,6 +86,6 @@ def block_operator(
     """
     full = hessian_operator(func, inputs, mode=mode, has_aux=has_aux, jit=jit)
     positions, grad = pick(full.grad, select, _NAME)
-    product = _BlockProduct(positions, jax.tree_util.tree_structure(grad))
+    product = _BlockProduct(_eager.Static(positions), jax.tree_util.tree_structure(grad))
     linear = jax.tree_util.Partial(product, full)
     return HessianOperator(full.value, grad, full.aux, linear, full.mode, type(grad) is tuple)

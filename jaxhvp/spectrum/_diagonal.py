@@ -138,16 +138,17 @@ def _diag_plus_plus(
 ) -> DiagonalEstimate:
     flat = FlatOperator(matvec, like, _NAME)
     n, dtype = flat.n, flat.dtype
+    wide = jnp.promote_types(dtype, jnp.float32)  # QR needs >= 32 bits
     sketch_size = min(num_probes // 3, n)
     sketch_key, residual_key = jax.random.split(key)
     sketch = jax.vmap(lambda k: rademacher(k, n, dtype))(jax.random.split(sketch_key, sketch_size))
-    basis, _ = jnp.linalg.qr(map_probes(flat, sketch, batch_size).T)  # (n, s), orthonormal
-    images = map_probes(flat, basis.T, batch_size)  # rows: A q_j
+    basis, _ = jnp.linalg.qr(map_probes(flat, sketch, batch_size).T.astype(wide))  # (n, s)
+    images = map_probes(flat, basis.T.astype(dtype), batch_size).astype(wide)  # rows: A q_j
     low_rank = jnp.sum(basis * images.T, axis=1)  # diag(Q Q^T A) = sum_j q_j * (A q_j)
 
     def sample(probe_key: jax.Array) -> jax.Array:
         z = rademacher(probe_key, n, dtype)
-        az = flat(z)
+        az = flat(z).astype(wide)
         return z * (az - basis @ (basis.T @ az))  # z * ((I - Q Q^T) A z)
 
     keys = jax.random.split(residual_key, num_probes - 2 * sketch_size)
