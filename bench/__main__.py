@@ -18,16 +18,23 @@ from . import configure_threads, default_threads
 EPILOG = """\
 Filters take names, shell globs or prefixes ending at '.', '(' or '[' (so 'jax' selects
 jax.grad and jax.jit(...) but not jaxhvp.*, and 'jaxhvp.hvp' every jaxhvp.hvp variant), or
-'=NAME' for exactly NAME, separated by spaces or commas; --list shows them. The gradient of
-each framework used is always timed: it is the per_grad unit.
+'=NAME' for exactly NAME, separated by spaces or commas; --list shows them. The curvlinops
+and BackPACK rows (framework torch) go by their own names: 'curvlinops', 'backpack'. The
+gradient of each framework used is always timed: it is the per_grad unit.
 
 The full run measures each row in a fresh process (python -m bench._worker): peak memory and
 a cold first call. Ratios near 1 (mode=auto against each mode; an eager call against a
 hand-written jit) are then timed interleaved in one process: interleaved.md.
 
 --quick: smaller CNN and transformer, fewer repetitions, no torch.compile, batched rows at
-k = 1 and 8 only, everything in this process (peak memory NaN), and shorter waits for a
-quiet machine.
+k = 1 and 8 only, 8 probes (not 32) in the Hutchinson diagonal rows, everything in this
+process (peak memory NaN), and shorter waits for a quiet machine.
+
+The generalized Gauss-Newton rows (MLP and transformer) compare jaxhvp.gnvp, ggn_operator
+and spectrum.diagonal with curvlinops (GGNLinearOperator, hutchinson_diag), BackPACK
+(DiagGGNExact) and hand-written JAX and torch.func products; per_grad is per product, per
+probe, or per exact diagonal. A row that cannot run on a problem is listed as skipped, with
+the reason.
 """
 
 
@@ -38,7 +45,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--quick", action="store_true", help="the reduced suite (~2 min on 2 cores)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="the reduced suite (a few minutes on 2 cores)",
+    )
     p.add_argument("--problems", nargs="+", metavar="P", help="problems to run (default all)")
     p.add_argument("--impls", nargs="+", metavar="I", help="implementations (default all)")
     p.add_argument("--out", type=Path, default=Path("results"), help="output folder (results)")
@@ -182,12 +193,19 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             progress.show(f"{name}: agreement check and references")
             checks[name] = _describe(problem, problems.check_agreement(problem))
-            k_max = max(k for *_, k in mine)
-            refs = problems.references(problem, k_max)
+            runs = [t for t in mine if t[1].skip_reason(problem) is None]
+            k_max = max((k for _, impl, _, k in runs if impl.reference is None), default=1)
+            parts = {impl.reference for _, impl, *_ in runs if impl.reference is not None}
+            probes = max((k for _, impl, _, k in runs if impl.kind == "diagonal"), default=0)
+            refs = problems.references(problem, k_max, parts, probes)
             refs_path = Path(tmp) / f"{name}.npz"
             measure.save_refs(refs, refs_path)
             for _, impl, row_name, k in mine:
                 progress.show(f"{name} {row_name}")
+                if impl.skip_reason(problem) is not None:
+                    rows.append(measure.skipped_row(problem, impl, row_name, k))
+                    progress.done()
+                    continue
                 if memory or impl.isolate:
                     measure_row = functools.partial(
                         measure.run_isolated,
@@ -255,7 +273,14 @@ def main(argv: list[str] | None = None) -> int:
         text = interleaved.markdown(mode_rows, overhead_rows)
         (out / "interleaved.md").write_text(text + "\n")
         print("\nTimed interleaved, in one process:\n\n" + text)
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "wrong", "error", "timeout")}
+    skipped = [r for r in rows if r["status"] == "skipped"]
+    if skipped:
+        print(
+            "\nSkipped:\n"
+            + "\n".join(f"  {r['problem']} {r['impl']}: {r['error']}" for r in skipped)
+        )
+    statuses = ("ok", "wrong", "error", "timeout", "skipped")
+    counts = {s: sum(r["status"] == s for r in rows) for s in statuses}
     files = ["results.csv", "results.json", "table.md", *(p.name for p in plots)]
     files += ["interleaved.md"] if mode_rows or overhead_rows else []
     print(
@@ -267,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = [
         r
         for r in rows
-        if r["status"] == "wrong" or (r["status"] != "ok" and not registry[r["base_impl"]].isolate)
+        if r["status"] == "wrong"
+        or (r["status"] not in ("ok", "skipped") and not registry[r["base_impl"]].isolate)
     ]
     return 1 if args.check and failed else 0
 

@@ -8,18 +8,30 @@ gradient, the unit that ``per_grad`` divides by. Everything that can be prepared
 (``jit``, ``requires_grad`` copies, split vectors) is prepared in the factory, outside the
 timed call.
 
-Names begin with the framework (``jaxhvp``, ``jax`` or ``torch``) so rows group by it.
+Names begin with the framework (``jaxhvp``, ``jax`` or ``torch``) so rows group by it, or
+with a torch library (``curvlinops``, ``backpack``: framework torch, unit torch's gradient).
 jaxhvp rows follow the installed version (:func:`jaxhvp_rows`): one per ``mode=`` value when
 ``jaxhvp.hvp`` takes ``mode``, an op-by-op row when it takes ``jit``, and the
 linearized-operator rows when ``jaxhvp.hessian_operator`` exists. A new row is one ``Impl``
 line and, if needed, a factory of a few lines.
+
+The generalized Gauss-Newton rows (:func:`ggn_rows`, on the problems split as a model and a
+loss in output space) give ``G v = J^T H_L J v`` (``kind="ggn"``), Hutchinson's estimate of
+the GGN diagonal with ``k`` probes (``kind="diagonal"``: time per probe, the operator built
+outside the timed calls, every call drawing the same probes), and the exact GGN diagonal
+(``kind="exact_diagonal"``). Each is checked against its own reference (``Impl.reference``,
+see :func:`bench.problems.references`). A row that cannot run on a problem says why
+(``Impl.skip``): status ``skipped``, never an error.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib.util
 import inspect
+import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -35,6 +47,18 @@ from . import problems
 
 MODES = ("fwd-rev", "rev-rev", "rev-fwd", "auto")
 CHUNK = 8  # vectors per chunk in the chunked batched rows
+PROBES = 32  # Hutchinson probes per call in the diagonal rows
+PROBES_QUICK = 8
+# The most outputs per example for which jaxhvp's exact GGN diagonal is run: it forms each
+# example's (outputs x outputs) loss Hessian block, eigendecomposes it, one vjp per output.
+EXACT_DIAGONAL_MAX_OUTPUTS = 4096
+FRAMEWORKS = {
+    "jaxhvp": "jaxhvp",
+    "jax": "jax",
+    "torch": "torch",
+    "curvlinops": "torch",
+    "backpack": "torch",
+}
 
 
 @dataclasses.dataclass
@@ -58,13 +82,18 @@ Factory = Callable[[Case], Callable[[], Any]]
 class Impl:
     name: str
     factory: Factory
-    kind: str = "hvp"  # "grad" (the unit), "hvp", "overhead", "plain" or "batched"
+    # "grad" (the unit), "hvp", "overhead", "plain", "batched", or the GGN rows' "ggn",
+    # "diagonal" (k = the probes) and "exact_diagonal"
+    kind: str = "hvp"
     quick: bool = True  # part of --quick
     isolate: bool = False  # always in its own time-boxed process (torch.compile)
+    reference: str | None = None  # the part of problems.references it is checked against
+    slow: bool = False  # every call takes seconds: no warm-up, one timed call
+    skip: Callable[[problems.Problem], str | None] | None = None  # why it cannot run there
 
     @property
     def framework(self) -> str:
-        return next(f for f in ("jaxhvp", "jax", "torch") if self.name.startswith(f))
+        return next(f for prefix, f in FRAMEWORKS.items() if self.name.startswith(prefix))
 
     def applies(self, problem: problems.Problem) -> bool:
         if self.kind == "overhead":
@@ -73,7 +102,13 @@ class Impl:
             return problem.overhead and problem.plain_jax_loss is not None
         if self.kind == "batched":
             return problem.batched
+        if self.kind in GGN_KINDS:
+            return problem.splits
         return True
+
+    def skip_reason(self, problem: problems.Problem) -> str | None:
+        """Why this row cannot run on ``problem`` (None: it runs)."""
+        return None if self.skip is None else self.skip(problem)
 
     def row_names(self, problem: problems.Problem, quick: bool) -> list[tuple[str, int]]:
         """``(row name, k)`` for each row this implementation gives on ``problem``."""
@@ -83,7 +118,13 @@ class Impl:
             return [
                 (f"{self.name} [k={k}]", k) for k in (problems.KS_QUICK if quick else problems.KS)
             ]
+        if self.kind == "diagonal":
+            probes = PROBES_QUICK if quick else PROBES
+            return [(f"{self.name} [probes={probes}]", probes)]
         return [(self.name, 1)]
+
+
+GGN_KINDS = ("ggn", "diagonal", "exact_diagonal")
 
 
 UNITS = {"jaxhvp": "jax.grad", "jax": "jax.grad", "torch": "torch.autograd.grad"}
@@ -366,6 +407,215 @@ def torch_double_backward_reuse(batched: bool) -> Factory:
     return factory
 
 
+# --- the generalized Gauss-Newton: products and diagonals --------------------------------------
+
+
+def _first_vector(problem: problems.Problem) -> dict:
+    return {n: x[0] for n, x in problem.vectors(1).items()}
+
+
+def jax_ggnvp(c: Case) -> Callable:
+    """Hand-written ``J^T H_L J v``: the model's jvp, forward-over-reverse on the loss in
+    output space, the model's vjp; jit-compiled, the data as an argument."""
+    model, output_loss = c.problem.jax_model, c.problem.jax_output_loss
+    names = c.problem.names
+
+    def ggnvp(p: dict, d: dict, v: dict) -> dict:
+        def f(q: dict) -> Any:
+            return model(problems._unpack(names, q), d)
+
+        out, jv = jax.jvp(f, (p,), (v,))
+        hjv = jax.jvp(jax.grad(lambda o: output_loss(o, d)), (out,), (jv,))[1]
+        return jax.vjp(f, p)[1](hjv)[0]
+
+    f, j = jax.jit(ggnvp), c.jax
+    return lambda: f(j.params, j.data, j.v)
+
+
+def jaxhvp_gnvp(c: Case) -> Callable:
+    j = c.jax
+    return lambda: jaxhvp.gnvp(j.model, j.output_loss, j.params, j.v)[1]
+
+
+def jaxhvp_ggn_apply(c: Case) -> Callable:
+    """``op @ v`` with ``op = jaxhvp.ggn_operator(...)`` built once, in the first call (so
+    ``compile_s`` includes it: the loss and gradient the operator carries)."""
+    j, ops = c.jax, []
+
+    def call() -> Any:
+        if not ops:
+            ops.append(jaxhvp.ggn_operator(j.model, j.output_loss, j.params))
+        return ops[0] @ j.v
+
+    return call
+
+
+def _jaxhvp_ggn(problem: problems.Problem) -> Any:
+    """The GGN operator of the problem's one-vector JAX view (no k vectors made)."""
+    j = problems.jax_view(problem)
+    return jaxhvp.ggn_operator(j.model, j.output_loss, j.params)
+
+
+def jaxhvp_hutchinson(c: Case) -> Callable:
+    op, key = _jaxhvp_ggn(c.problem), jax.random.key(problems.PROBE_SEED)
+    return lambda: jaxhvp.spectrum.diagonal(op, key=key, num_probes=c.k, method="hutchinson").value
+
+
+def jaxhvp_exact_diagonal(c: Case) -> Callable:
+    """The GGN over the problem's data as one batch (``batches=``), so that the exact
+    diagonal can run example by example (jaxhvp checks that this is exact)."""
+    p = c.problem
+    batches = jax.tree_util.tree_map(lambda x: x[None], p.data)
+    op = jaxhvp.ggn_operator(p.jax_model, p.jax_output_loss, p.params, batches=batches)
+    return lambda: op.exact_diagonal()
+
+
+def torch_ggnvp(c: Case) -> Callable:
+    """Hand-written with torch.func: jvp of the model, Hessian-vector product of the loss in
+    output space (forward over reverse), vjp of the model."""
+    t = c.torch
+    loss_grad = tfn.grad(t.output_loss)
+
+    def call() -> Any:
+        out, jv = tfn.jvp(t.model, (t.params,), (t.v,))
+        hjv = tfn.jvp(loss_grad, (out,), (jv,))[1]
+        return tfn.vjp(t.model, t.params)[1](hjv)[0]
+
+    return call
+
+
+def _curvlinops_ggn(problem: problems.Problem) -> tuple[Any, problems.TorchModules]:
+    m = problem.torch_modules(problem)
+    op = problems.curvlinops().GGNLinearOperator(
+        m.model, m.loss, m.params, [(m.X, m.y)], check_deterministic=False
+    )
+    return op, m
+
+
+def curvlinops_ggn(c: Case) -> Callable:
+    op, m = _curvlinops_ggn(c.problem)
+    v = m.to_module(_first_vector(c.problem))
+    return lambda: m.to_problem(op @ v)
+
+
+def curvlinops_hutchinson(c: Case) -> Callable:
+    """``curvlinops.hutchinson_diag`` after ``torch.manual_seed``: the same probes in every
+    call, the ones its reference uses."""
+    hutchinson_diag = problems.curvlinops().hutchinson_diag
+    op, m = _curvlinops_ggn(c.problem)
+
+    def call() -> Any:
+        torch.manual_seed(problems.PROBE_SEED)
+        return m.to_problem(m.unflatten(hutchinson_diag(op, c.k)))
+
+    return call
+
+
+def backpack_diag_ggn(c: Case) -> Callable:
+    """BackPACK's ``DiagGGNExact`` on the extended module and loss: one forward pass and one
+    backward pass that also computes the gradient."""
+    from backpack import backpack, extend
+    from backpack.extensions import DiagGGNExact
+
+    m = c.problem.torch_modules(c.problem)
+    model, loss = extend(m.model), extend(m.loss)
+
+    def call() -> Any:
+        model.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # the data do not require grad: a hook says so
+            warnings.filterwarnings("ignore", "Full backward hook", UserWarning)
+            value = loss(model(m.X), m.y)
+            with backpack(DiagGGNExact()):
+                value.backward()
+        return m.to_problem([p.diag_ggn_exact for p in m.params])
+
+    return call
+
+
+def _missing(module: str, install: str) -> Callable[[problems.Problem], str | None]:
+    def reason(problem: problems.Problem) -> str | None:
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed ({install})"
+        return None
+
+    return reason
+
+
+def _backpack_skip(problem: problems.Problem) -> str | None:
+    missing = _missing("backpack", "pip install -e '.[bench]'")
+    return missing(problem) or problem.backpack_unsupported
+
+
+def model_outputs(problem: problems.Problem) -> int:
+    """The number of outputs of the problem's model on its batch."""
+    shape = jax.eval_shape(problem.jax_model, problem.params, problem.data)
+    return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(shape))
+
+
+def _exact_diagonal_skip(problem: problems.Problem) -> str | None:
+    """jaxhvp's exact GGN diagonal, example by example, eigendecomposes each example's
+    (slots x slots) output-space block and takes one single-example vjp per slot."""
+    outputs, size = model_outputs(problem), problem.size
+    examples = jax.tree_util.tree_leaves(problem.data)[0].shape[0]
+    slots = outputs // examples
+    limit = EXACT_DIAGONAL_MAX_OUTPUTS
+    if min(slots, size) <= limit:
+        return None
+    if size <= slots:
+        return f"{size} parameters: jaxhvp's exact diagonal takes {size} products (limit {limit})"
+    return (
+        f"{slots} outputs per example: jaxhvp's exact GGN diagonal eigendecomposes each "
+        f"example's {slots} x {slots} output-space block and takes {slots} vjps per example; "
+        f"this benchmark runs it up to {limit} outputs per example"
+    )
+
+
+def ggn_rows() -> list[Impl]:
+    """The GGN rows: products, Hutchinson diagonals, exact diagonals (problems that split)."""
+    curvlinops = _missing("curvlinops", "pip install -e '.[bench]'")
+    return [
+        Impl("jaxhvp.gnvp", jaxhvp_gnvp, kind="ggn", reference="ggn"),
+        Impl("jaxhvp.ggn_operator[apply]", jaxhvp_ggn_apply, kind="ggn", reference="ggn"),
+        Impl("jax.jit(vjp(hvp_L(jvp)))", jax_ggnvp, kind="ggn", reference="ggn"),
+        Impl(
+            "curvlinops.GGNLinearOperator[apply]",
+            curvlinops_ggn,
+            kind="ggn",
+            reference="ggn",
+            skip=curvlinops,
+        ),
+        Impl("torch.func.vjp(hvp_L(jvp))", torch_ggnvp, kind="ggn", reference="ggn"),
+        Impl(
+            "jaxhvp.spectrum.diagonal(ggn, hutchinson)",
+            jaxhvp_hutchinson,
+            kind="diagonal",
+            reference="hutchinson:jaxhvp",
+        ),
+        Impl(
+            "curvlinops.hutchinson_diag(GGN)",
+            curvlinops_hutchinson,
+            kind="diagonal",
+            reference="hutchinson:torch",
+            skip=curvlinops,
+        ),
+        Impl(
+            "jaxhvp.ggn_operator.exact_diagonal",
+            jaxhvp_exact_diagonal,
+            kind="exact_diagonal",
+            reference="ggn_diag",
+            slow=True,
+            skip=_exact_diagonal_skip,
+        ),
+        Impl(
+            "backpack.DiagGGNExact",
+            backpack_diag_ggn,
+            kind="exact_diagonal",
+            reference="ggn_diag",
+            skip=_backpack_skip,
+        ),
+    ]
+
+
 # --- the registry ----------------------------------------------------------------------------
 
 
@@ -446,6 +696,8 @@ def registry() -> list[Impl]:
         ),
         Impl("torch.func.vmap(jvp(grad))", torch_vmap(None), kind="batched"),
         Impl(f"torch.func.vmap(jvp(grad))[chunk={CHUNK}]", torch_vmap(CHUNK), kind="batched"),
+        # the generalized Gauss-Newton (problems split as a model and a loss)
+        *(ggn_rows() if hasattr(jaxhvp, "ggn_operator") else []),
     ]
     names = [i.name for i in impls]
     assert len(names) == len(set(names)), "implementation names must be unique"

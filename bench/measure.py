@@ -102,6 +102,8 @@ def named(out: Any, names: list[str]) -> dict[str, np.ndarray]:
 
 
 def reference_for(impl: Impl, k: int, refs: dict) -> dict[str, np.ndarray]:
+    if impl.reference is not None:
+        return refs[impl.reference]
     if impl.kind == "grad":
         return refs["grad"]
     if impl.kind == "batched":
@@ -314,6 +316,13 @@ def empty_row(problem: str, impl: Impl, row_name: str, k: int) -> dict[str, Any]
     }
 
 
+def skipped_row(problem: problems.Problem, impl: Impl, row_name: str, k: int) -> dict[str, Any]:
+    """The row of an implementation that cannot run on ``problem``, saying why."""
+    row = empty_row(problem.name, impl, row_name, k)
+    row.update(status="skipped", error=impl.skip_reason(problem) or "", wall_s=0.0)
+    return row
+
+
 def run_one(
     problem: problems.Problem,
     impl: Impl,
@@ -324,7 +333,13 @@ def run_one(
     memory: bool = False,
 ) -> dict[str, Any]:
     """Checks then times one row in this process. A failure becomes ``status="error"``, a
-    result off the reference ``status="wrong"`` (not timed); neither raises."""
+    result off the reference ``status="wrong"`` (not timed); neither raises. A row that
+    cannot run on the problem is ``status="skipped"``; a ``slow`` one (every call takes
+    seconds) has no warm-up and one timed call."""
+    if impl.skip_reason(problem) is not None:
+        return skipped_row(problem, impl, row_name, k)
+    if impl.slow:
+        settings = dataclasses.replace(settings, warmup=0, min_reps=1, target_s=0.0)
     row = empty_row(problem.name, impl, row_name, k)
     started = time.perf_counter()
     try:
@@ -438,5 +453,5 @@ def load_refs(path: Path) -> dict:
     with np.load(path) as data:
         for key in data.files:
             part, name = key.split("/", 1)
-            refs[part][name] = data[key]
+            refs.setdefault(part, {})[name] = data[key]
     return refs

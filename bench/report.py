@@ -258,14 +258,15 @@ def plot(rows: list[dict], out: Path) -> list[Path]:
         _dots(
             ok,
             "per_vector_s",
-            "time per HVP, s (log scale; whiskers p20-p80; dashed: "
-            "each framework's gradient; hollow: noisy)",
+            "time per HVP (GGN rows: per product, probe or exact diagonal), s (log scale; "
+            "whiskers p20-p80; dashed: each framework's gradient; hollow: noisy)",
             out / "time_per_hvp.png",
         ),
         _dots(
             [r for r in ok if r["kind"] != "grad"],
             "per_grad",
-            "HVP time / the same framework's gradient time (log scale; hollow: noisy)",
+            "time per HVP (GGN rows: product, probe, exact diagonal) / the same framework's "
+            "gradient time (log scale; hollow: noisy)",
             out / "hvp_grad_ratio.png",
         ),
     ]

@@ -15,8 +15,9 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from jax.flatten_util import ravel_pytree
 
-from bench import interleaved, problems, report
+from bench import impls, interleaved, measure, problems, report
 from bench.__main__ import selected
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -177,3 +178,78 @@ def test_problems_are_float32_agree_and_have_exact_references(name):
             hv = jax.jvp(lambda p: grad(p, d64), (p64,), (v,))[1]
             for n in problem.names:
                 np.testing.assert_allclose(refs["hvp"][n][i], hv[n], rtol=1e-9, atol=1e-9)
+
+
+GGN_ROWS = [impl.name for impl in impls.ggn_rows()]
+# On the transformer: the output-space product on 3D outputs, and BackPACK's refusal.
+TRANSFORMER_ROWS = ["jaxhvp.gnvp", "curvlinops.GGNLinearOperator[apply]", "backpack.DiagGGNExact"]
+
+
+def _tiny(name):
+    if name == "mlp":
+        return problems._mlp(True, batch=8, widths=(12, 8, 8, 3))
+    return problems._transformer(True, width=16, seq=4)
+
+
+# torch's forward-mode AD loads its jvp decompositions with torch.jit.script, which warns.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize(("name", "names"), [("mlp", GGN_ROWS), ("transformer", TRANSFORMER_ROWS)])
+def test_ggn_rows_run_and_agree(name, names):
+    """The GGN rows on a tiny MLP (all) and transformer, against their references (the
+    float64 GGN product and exact diagonal; Hutchinson with the row's own probes): jaxhvp,
+    curvlinops and BackPACK within 1e-5 of the same references, so of each other; the
+    unsupported row skipped, saying why. Without x64, as the suite runs."""
+    registry = impls.by_name()
+    settings = measure.Settings(warmup=0, min_reps=1, max_reps=1, target_s=0.0)
+    with jax.enable_x64(False):
+        problem = _tiny(name)
+        assert all(v < 1e-5 for v in problems.check_agreement(problem).values())
+        probes = impls.PROBES_QUICK
+        parts = {registry[n].reference for n in names} - {None}
+        refs = problems.references(problem, 1, parts, probes)
+        rows = {}
+        for row_name in names:
+            impl = registry[row_name]
+            [(label, k)] = impl.row_names(problem, quick=True)
+            assert k == (probes if impl.kind == "diagonal" else 1)
+            rows[row_name] = measure.run_one(problem, impl, label, k, refs, settings)
+    skipped = {"backpack.DiagGGNExact"} if name == "transformer" else set()
+    assert {r for r, row in rows.items() if row["status"] == "skipped"} == skipped
+    for row_name, row in rows.items():
+        if row_name in skipped:
+            assert "BackPACK does not support" in row["error"]
+            continue
+        assert row["status"] == "ok", row
+        assert row["max_rel_err"] < 1e-5, row
+        assert row["median_s"] > 0
+        assert row["per_vector_s"] == row["median_s"] / row["k"]
+    if name != "mlp":
+        return
+    # The exact-diagonal reference (from per-example Jacobians) is the diagonal of the dense
+    # GGN, formed from the float64 products with the unit vectors.
+    p64 = {n: x.astype(np.float64) for n, x in problem.params.items()}
+    d64 = {n: x.astype(np.float64) if x.dtype.kind == "f" else x for n, x in problem.data.items()}
+    flat, unravel = ravel_pytree(p64)
+    product = problems.ggn_product(problem)
+    dense = jax.vmap(lambda e: ravel_pytree(product(p64, d64, unravel(e)))[0])(np.eye(flat.size))
+    diagonal = ravel_pytree(refs["ggn_diag"])[0]
+    np.testing.assert_allclose(diagonal, np.diag(dense), rtol=1e-10, atol=1e-14)
+
+
+def test_ggn_rows_skip_what_cannot_run():
+    """The full transformer: jaxhvp's exact diagonal (65536 outputs) and BackPACK skipped;
+    the rows' names and the torch libraries' framework."""
+    registry = impls.by_name()
+    problem = problems.build("transformer", quick=False)
+    reason = registry["jaxhvp.ggn_operator.exact_diagonal"].skip_reason(problem)
+    assert reason.startswith("65536 model outputs")
+    assert registry["backpack.DiagGGNExact"].skip_reason(problem) is not None
+    assert registry["jaxhvp.gnvp"].skip_reason(problem) is None
+    assert registry["curvlinops.hutchinson_diag(GGN)"].framework == "torch"
+    assert registry["backpack.DiagGGNExact"].framework == "torch"
+    mlp = problems.build("mlp", quick=True)
+    assert registry["jaxhvp.ggn_operator.exact_diagonal"].skip_reason(mlp) is None
+    assert registry["jaxhvp.spectrum.diagonal(ggn, hutchinson)"].row_names(mlp, quick=False) == [
+        (f"jaxhvp.spectrum.diagonal(ggn, hutchinson) [probes={impls.PROBES}]", impls.PROBES)
+    ]
+    assert not registry["jaxhvp.gnvp"].applies(problems.build("rosenbrock10", quick=True))

@@ -23,14 +23,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax import lax
-from jax.flatten_util import ravel_pytree
 
 from .. import _eager
 from .._errors import HVPError
 from .._inputs import as_inputs, as_primals_and_tangents
 from .._modes import check_callable
 from .._validate import check_choice, check_count, check_key
+from . import _output_diagonal
 from ._base import Operator
 from ._data import check_batches, mean_over_batches, sum_over_batches
 from ._likelihoods import Likelihood, as_likelihood, check_output
@@ -210,26 +209,15 @@ class GGNProduct:
         return self.over_batches(one, zeros, batches, None)
 
     def diagonal(self, params: Any, batches: Any, key: Any) -> Any:
-        """The exact diagonal, from the output space: ``sum_k lam_k (J^T q_k)**2`` over the
-        eigenpairs of the (small) dense ``C``; one vjp per output of a batch."""
+        """The exact diagonal from the output space (:mod:`._output_diagonal`): example by
+        example when the batch can be cut into examples, else over the whole batch."""
 
         def one(batch: Any, k: Any) -> Any:
-            f, vjp = jax.vjp(lambda p: self.model(p, batch), params)
-            flat_f, unravel = ravel_pytree(f)
-            wide = jnp.promote_types(flat_f.dtype, jnp.float32)  # eigh needs >= 32 bits
-            dense = jax.vmap(
-                lambda e: ravel_pytree(self.curvature.apply(f, batch, k, unravel(e)))[0]
-            )(jnp.eye(flat_f.size, dtype=flat_f.dtype)).astype(wide)
-            lam, q = jnp.linalg.eigh((dense + dense.T) / 2)
-
-            def add(total: Any, pair: tuple) -> tuple[Any, None]:
-                (row,) = vjp(unravel(pair[1].astype(flat_f.dtype)))
-                grow = lambda t, g: t + pair[0] * g.astype(wide) ** 2  # noqa: E731
-                return jax.tree_util.tree_map(grow, total, row), None
-
-            zeros = jax.tree_util.tree_map(lambda p: jnp.zeros(p.shape, wide), params)
-            total = lax.scan(add, zeros, (lam, q.T))[0]
-            return jax.tree_util.tree_map(lambda t, p: t.astype(p.dtype), total, params)
+            f_shape = jax.eval_shape(lambda: self.model(params, batch))
+            how = _output_diagonal.full_batch
+            if batch is not None and _output_diagonal.examples_of(f_shape, batch):
+                how = _output_diagonal.per_example
+            return how(self.model, self.curvature.apply, params, batch, k)
 
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
         return self.over_batches(one, zeros, batches, key)

@@ -72,7 +72,8 @@ def block_operator(
 
     Examples:
       >>> import jax
-      >>>       >>> import jaxhvp
+      >>> import jax.numpy as jnp
+      >>> import jaxhvp
       >>> import jaxhvp.spectrum
       >>> def loss(p):
       ...     return jnp.sum(p["a"] ** 2 * p["b"][0]) + jnp.sum(p["b"] ** 3)
