@@ -818,3 +818,43 @@ def test_block_selection_errors():
     _, ops = _operators()
     with pytest.raises(TypeError, match="must only pick parts of the inputs pytree"):
         ops["ggn"][0].block(lambda p: p["missing"])
+
+
+@pytest.mark.parametrize("case", ["independent", "coupled loss", "batch statistics"])
+def test_exact_output_space_diagonal_example_by_example_or_whole_batch(case, monkeypatch):
+    """Example by example when the checks allow it; otherwise the whole-batch way: the same
+    numbers either way (and, with the whole-batch way poisoned, NaN exactly when the checks
+    reject the example-by-example way)."""
+    x, y = _data()
+    params = {"w": jax.random.normal(jax.random.key(9), (D, 8)) / 2, "v": jnp.ones((8, C))}
+    batches = (x.reshape(2, 3, D), y.reshape(2, 3))  # 3 examples x 3 classes < 32 params
+
+    def model(p, batch):
+        h = jnp.tanh(batch[0] @ p["w"])
+        if case == "batch statistics":  # examples see each other: not separable
+            h = h - h.mean(axis=0)
+        return h @ p["v"]
+
+    def loss(out, batch):
+        ce = optax.softmax_cross_entropy_with_integer_labels(out, batch[1]).mean()
+        return ce + (0.1 * jnp.sum(out) ** 2 if case == "coupled loss" else 0.0)
+
+    op = jaxhvp.ggn_operator(model, loss, params, batches=batches)
+    assert op.exact_diagonal_cost() == 2 * 3 * C
+    np.testing.assert_allclose(
+        _flat(op.exact_diagonal()), np.diag(op.as_matrix()), rtol=1e-9, atol=1e-12
+    )
+    from jaxhvp.operators import _output_diagonal
+
+    whole_batch = _output_diagonal.full_batch
+    poisoned = lambda *a: jax.tree_util.tree_map(lambda t: t * jnp.nan, whole_batch(*a))  # noqa: E731
+    monkeypatch.setattr(_output_diagonal, "full_batch", poisoned)
+    jaxhvp.cache_clear()
+    assert np.isnan(_flat(op.exact_diagonal())).any() == (case != "independent")
+    monkeypatch.undo()
+    jaxhvp.cache_clear()
+    if case == "independent":
+        fisher = jaxhvp.fisher_operator(model, params, likelihood="categorical", batches=batches)
+        np.testing.assert_allclose(
+            _flat(fisher.exact_diagonal()), np.diag(op.as_matrix()), rtol=1e-9, atol=1e-12
+        )
