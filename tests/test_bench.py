@@ -237,12 +237,13 @@ def test_ggn_rows_run_and_agree(name, names):
 
 
 def test_ggn_rows_skip_what_cannot_run():
-    """The full transformer: jaxhvp's exact diagonal (65536 outputs) and BackPACK skipped;
+    """The full transformer: jaxhvp's exact diagonal (8192 outputs per example) and BackPACK
+    skipped;
     the rows' names and the torch libraries' framework."""
     registry = impls.by_name()
     problem = problems.build("transformer", quick=False)
     reason = registry["jaxhvp.ggn_operator.exact_diagonal"].skip_reason(problem)
-    assert reason.startswith("65536 model outputs")
+    assert reason.startswith("8192 outputs per example")
     assert registry["backpack.DiagGGNExact"].skip_reason(problem) is not None
     assert registry["jaxhvp.gnvp"].skip_reason(problem) is None
     assert registry["curvlinops.hutchinson_diag(GGN)"].framework == "torch"
