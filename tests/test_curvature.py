@@ -344,7 +344,8 @@ def _operators():
 @pytest.mark.parametrize("method", ["hutchinson", "diag++"])
 def test_stochastic_diagonal_is_within_its_standard_error(method):
     params, ops = _operators()
-    for name, (op, dense) in ops.items():
+    for name in ("hessian", "fisher", "sum"):  # the estimators only see the interface
+        op, dense = ops[name]
         est = jaxhvp.spectrum.diagonal(op, key=jax.random.key(2), num_probes=60, method=method)
         value, stderr = _flat(est.value), _flat(est.stderr)
         error = np.abs(value - np.diag(dense))
