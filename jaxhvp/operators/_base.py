@@ -4,9 +4,10 @@ A subclass is a registered dataclass pytree that says three things: the vectors 
 (``like``, a pytree of arrays), whether its products follow the tuple rule (``is_tuple``),
 and its product ``_product(v)``, written for tracing. Everything else is defined here once:
 the eager product through the compiled-kernel cache (``mv``, ``op(v)``, ``op @ v``),
-``matmat``, ``as_matrix``, ``as_scipy``, ``as_lineax`` with truthful tags, ``diagonal``, and
-the algebra ``op + other``, ``op + λ`` (damping, ``H + λI``), ``c * op``. Estimators and
-solvers ask for this interface, never for a concrete class.
+``matmat``, ``as_matrix``, ``as_scipy``, ``as_lineax`` with truthful tags,
+``exact_diagonal``, ``block``, and the algebra ``op + other``, ``op + λ`` (damping,
+``H + λI``), ``c * op``. Estimators and solvers ask for this interface, never for a
+concrete class.
 """
 
 from __future__ import annotations
