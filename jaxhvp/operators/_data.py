@@ -56,6 +56,11 @@ def check_batches(batches: Any, fn_name: str) -> Any:
     return jax.tree_util.tree_map(jnp.asarray, batches)
 
 
+def first_batch(batches: Any) -> Any:
+    """Batch 0 (``None`` without batches): what a function is traced on for its shapes."""
+    return None if batches is None else jax.tree_util.tree_map(lambda x: x[0], batches)
+
+
 def num_batches(batches: Any) -> int:
     return jax.tree_util.tree_leaves(batches)[0].shape[0]
 

@@ -31,7 +31,13 @@ from .._modes import check_callable
 from .._validate import check_choice, check_count, check_key
 from . import _output_diagonal
 from ._base import Operator
-from ._data import check_batches, mean_over_batches, sum_over_batches
+from ._data import (
+    check_batches,
+    first_batch,
+    mean_over_batches,
+    num_batches,
+    sum_over_batches,
+)
 from ._likelihoods import Likelihood, as_likelihood, check_output
 
 REDUCTIONS = ("mean", "sum")
@@ -204,7 +210,7 @@ class GGNProduct:
 
         if batches is None:  # no scan, so nothing is traced ahead (jit=False runs op by op)
             return one(None, None)
-        value_shape = jax.eval_shape(lambda: one(_first(batches), None)[0])
+        value_shape = jax.eval_shape(lambda: one(first_batch(batches), None)[0])
         zeros = (jnp.zeros((), value_shape.dtype), jax.tree_util.tree_map(jnp.zeros_like, params))
         return self.over_batches(one, zeros, batches, None)
 
@@ -224,12 +230,8 @@ class GGNProduct:
 
     def output_size(self, params: Any, batches: Any) -> int:
         """The number of outputs of one batch: the vjps an exact diagonal costs per batch."""
-        shape = jax.eval_shape(lambda: self.model(params, _first(batches)))
+        shape = jax.eval_shape(lambda: self.model(params, first_batch(batches)))
         return sum(x.size for x in jax.tree_util.tree_leaves(shape))
-
-
-def _first(batches: Any) -> Any:
-    return None if batches is None else jax.tree_util.tree_map(lambda x: x[0], batches)
 
 
 def _fold(key: Any, index: Any) -> Any:
@@ -296,7 +298,7 @@ class GGNOperator(Operator):
     def _outputs(self) -> int | float:
         """The vjps an output-space diagonal costs: the outputs of all the batches (infinite
         if the model cannot be traced ahead, as a model that needs concrete values)."""
-        batches = 1 if self.batches is None else jax.tree_util.tree_leaves(self.batches)[0].shape[0]
+        batches = 1 if self.batches is None else num_batches(self.batches)
         try:
             return batches * self.product.output_size(self.params, self.batches)
         except jax.errors.ConcretizationTypeError:

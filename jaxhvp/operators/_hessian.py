@@ -15,8 +15,8 @@ from .._errors import HVPError
 from .._inputs import Inputs, as_inputs
 from .._modes import AUTO, MODE_NAMES, MODES, check_callable, resolve_mode, scalar_fn
 from ._base import Operator
-from ._blocks import merge
-from ._data import check_batches, mean_over_batches
+from ._blocks import merge, take
+from ._data import check_batches, first_batch, mean_over_batches
 
 _NAME = "hessian_operator"
 
@@ -151,8 +151,7 @@ class MeanProduct:
     def block(self, params: Any) -> Any:
         if self.positions is None:
             return params
-        leaves = jax.tree_util.tree_leaves(params)
-        return self.block_tree.unflatten([leaves[i] for i in self.positions])
+        return take(params, self.positions, self.block_tree)
 
     def scalar(self, params: Any, batch: Any) -> Callable:
         """The checked scalar function of the block, as the AD compositions take it."""
@@ -221,7 +220,6 @@ def _mean_value_and_grad(
         (value, _), grad = jax.value_and_grad(scalar, has_aux=True)(block)
         return value, grad
 
-    first = jax.tree_util.tree_map(lambda x: x[0], batches)
-    value_shape, _ = jax.eval_shape(product.scalar(params, first), block)
+    value_shape, _ = jax.eval_shape(product.scalar(params, first_batch(batches)), block)
     zeros = (jnp.zeros((), value_shape.dtype), jax.tree_util.tree_map(jnp.zeros_like, block))
     return mean_over_batches(value_and_grad, zeros, batches)
