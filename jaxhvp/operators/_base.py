@@ -59,6 +59,12 @@ class Operator(abc.ABC):
     def _product(self, v: Any) -> Any:
         """The product with one vector, for tracing (no checks)."""
 
+    def _batch_product(self, v: Any, index: jax.Array) -> Any:
+        """An unbiased estimate of the product from one batch, ``index`` modulo the number of
+        batches (stochastic solvers such as LiSSA); the product itself for an operator
+        without batches. For tracing."""
+        return self._product(v)
+
     # --- products ------------------------------------------------------------------------
 
     def mv(self, v: Any) -> Any:
@@ -256,6 +262,10 @@ class SumOperator(Operator):
     def _product(self, v: Any) -> Any:
         return jax.tree_util.tree_map(jnp.add, self.left._product(v), self.right._product(v))
 
+    def _batch_product(self, v: Any, index: jax.Array) -> Any:
+        left, right = self.left._batch_product(v, index), self.right._batch_product(v, index)
+        return jax.tree_util.tree_map(jnp.add, left, right)
+
     def _user_function(self) -> Callable | None:
         return self.left._user_function() or self.right._user_function()
 
@@ -298,9 +308,13 @@ class ScaledOperator(_Modified):
         return self.scale
 
     def _product(self, v: Any) -> Any:
-        return jax.tree_util.tree_map(
-            lambda x: (self.scale * x).astype(x.dtype), self.base._product(v)
-        )
+        return self._scaled(self.base._product(v))
+
+    def _batch_product(self, v: Any, index: jax.Array) -> Any:
+        return self._scaled(self.base._batch_product(v, index))
+
+    def _scaled(self, product: Any) -> Any:
+        return jax.tree_util.tree_map(lambda x: (self.scale * x).astype(x.dtype), product)
 
 
 @functools.partial(
@@ -330,8 +344,14 @@ class DampedOperator(_Modified):
         return self.damping
 
     def _product(self, v: Any) -> Any:
+        return self._damped(self.base._product(v), v)
+
+    def _batch_product(self, v: Any, index: jax.Array) -> Any:
+        return self._damped(self.base._batch_product(v, index), v)
+
+    def _damped(self, product: Any, v: Any) -> Any:
         return jax.tree_util.tree_map(
-            lambda a, x: (a + self.damping * x).astype(a.dtype), self.base._product(v), v
+            lambda a, x: (a + self.damping * x).astype(a.dtype), product, v
         )
 
 

@@ -128,6 +128,12 @@ class BlockOperator(Operator):
         return self.base._user_function()
 
     def _product(self, v: Any) -> Any:
+        return self._restricted(self.base._product, v)
+
+    def _batch_product(self, v: Any, index: jax.Array) -> Any:
+        return self._restricted(lambda u: self.base._batch_product(u, index), v)
+
+    def _restricted(self, product: Callable, v: Any) -> Any:
         zeros = jax.tree_util.tree_map(jnp.zeros_like, self.base.like)
-        full = self.base._product(merge(zeros, self.positions, v))
+        full = product(merge(zeros, self.positions, v))
         return take(full, self.positions, self.block_tree)

@@ -202,6 +202,19 @@ class GGNProduct:
             lambda batch, k: self.one_batch(params, batch, k, v), zeros, batches, key
         )
 
+    def sampled(self, params: Any, batches: Any, key: Any, v: Any, index: jax.Array) -> Any:
+        """The product estimated from batch ``index % num_batches`` alone (unbiased: times
+        the number of batches when batches are summed)."""
+        if batches is None:
+            return self(params, batches, key, v)
+        count = num_batches(batches)
+        index = index % count
+        batch = jax.tree_util.tree_map(lambda x: x[index], batches)
+        product = self.one_batch(params, batch, _fold(key, index), v)
+        if self.curvature.combine == "mean":
+            return product
+        return jax.tree_util.tree_map(lambda x: (count * x).astype(x.dtype), product)
+
     def value_and_grad(self, params: Any, batches: Any) -> tuple[jax.Array, Any]:
         def one(batch: Any, _: Any) -> tuple:
             return jax.value_and_grad(lambda p: self.curvature.value(self.model(p, batch), batch))(
@@ -280,6 +293,9 @@ class GGNOperator(Operator):
 
     def _product(self, v: Any) -> Any:
         return self.product(self.params, self.batches, self.key, v)
+
+    def _batch_product(self, v: Any, index: jax.Array) -> Any:
+        return self.product.sampled(self.params, self.batches, self.key, v, index)
 
     def _user_function(self) -> Callable | None:
         return self.product.model.func

@@ -16,7 +16,7 @@ from .._inputs import Inputs, as_inputs
 from .._modes import AUTO, MODE_NAMES, MODES, check_callable, resolve_mode, scalar_fn
 from ._base import Operator
 from ._blocks import merge, take
-from ._data import check_batches, first_batch, mean_over_batches
+from ._data import check_batches, first_batch, mean_over_batches, num_batches
 
 _NAME = "hessian_operator"
 
@@ -56,6 +56,13 @@ class HessianOperator(Operator):
 
     def _product(self, v: Any) -> Any:
         return self.linear(v)
+
+    def _batch_product(self, v: Any, index: jax.Array) -> Any:
+        product = getattr(self.linear, "func", None)
+        if not isinstance(product, MeanProduct):
+            return self.linear(v)
+        params, batches = self.linear.args
+        return product.one_batch(params, batches, v, index)
 
     def _user_function(self) -> Callable | None:
         product = getattr(self.linear, "func", None)  # over batches: Partial(MeanProduct)
@@ -161,6 +168,12 @@ class MeanProduct:
             return self.loss(*full, batch) if self.splat else self.loss(full, batch)
 
         return scalar_fn(loss_of_block, Inputs(self.block(params), False, _NAME), False)
+
+    def one_batch(self, params: Any, batches: Any, v: Any, index: jax.Array) -> Any:
+        """The product on batch ``index % num_batches`` alone."""
+        index = index % num_batches(batches)
+        batch = jax.tree_util.tree_map(lambda x: x[index], batches)
+        return self.compose(self.scalar(params, batch), self.block(params), v)[0]
 
     def __call__(self, params: Any, batches: Any, v: Any) -> Any:
         block = self.block(params)
