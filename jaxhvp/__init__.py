@@ -1,5 +1,6 @@
 """jaxhvp: PyTorch's ``torch.autograd.functional.hvp`` for JAX, over any pytree."""
 
+from . import linalg as linalg
 from . import operators as operators
 from . import optimize as optimize
 from . import spectrum as spectrum
@@ -8,8 +9,13 @@ from ._eager import cache_clear as cache_clear
 from ._eager import cache_info as cache_info
 from ._errors import HVPError as HVPError
 from ._hessian import hessian as hessian
+from ._influence import Influence as Influence
+from ._influence import influence as influence
 from ._products import hvp as hvp
 from ._products import vhp as vhp
+from .linalg import SolveInfo as SolveInfo
+from .linalg import SolveStatus as SolveStatus
+from .linalg import solve as solve
 from .operators import GGNOperator as GGNOperator
 from .operators import HessianOperator as HessianOperator
 from .operators import Operator as Operator
@@ -38,11 +44,14 @@ __all__ = [
     "GGNOperator",
     "HVPError",
     "HessianOperator",
+    "Influence",
     "IntermediateResult",
     "MinimizeResult",
     "MinimizeStatus",
     "NewtonCGState",
     "Operator",
+    "SolveInfo",
+    "SolveStatus",
     "StepInfo",
     "TrustNCGState",
     "cache_clear",
@@ -54,10 +63,13 @@ __all__ = [
     "hessian",
     "hessian_operator",
     "hvp",
+    "influence",
+    "linalg",
     "minimize",
     "minimize_message",
     "operators",
     "optimize",
+    "solve",
     "spectrum",
     "newton_cg_init",
     "newton_cg_step",
