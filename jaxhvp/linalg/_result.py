@@ -6,9 +6,8 @@ import enum
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 
-from .._errors import HVPError
+from .._status import message_for
 
 
 class SolveStatus(enum.IntEnum):
@@ -51,20 +50,7 @@ def solve_message(status: Any) -> Any:
       >>> jaxhvp.linalg.solve_message(0)
       'The residual is within the tolerance.'
     """
-    if isinstance(status, jax.core.Tracer):
-        msg = (
-            "solve_message needs a concrete status code, but got a tracer: return "
-            "info.status from the traced function and read its message outside."
-        )
-        raise TypeError(msg)
-    codes = np.asarray(status)
-    known = {int(s) for s in SolveStatus}
-    if not np.issubdtype(codes.dtype, np.integer) or not set(codes.ravel().tolist()) <= known:
-        msg = f"Expected a status code of jaxhvp.solve, one of {sorted(known)}, but got {status!r}."
-        raise HVPError(msg)
-    if codes.ndim == 0:
-        return _MESSAGES[SolveStatus(int(codes))]
-    return np.vectorize(lambda c: _MESSAGES[SolveStatus(int(c))], otypes=[object])(codes)
+    return message_for(status, _MESSAGES, "solve_message")
 
 
 class SolveInfo(NamedTuple):

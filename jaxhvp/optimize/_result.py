@@ -7,9 +7,8 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from .._errors import HVPError
+from .._status import message_for
 
 
 class MinimizeStatus(enum.IntEnum):
@@ -75,27 +74,7 @@ def minimize_message(status: Any) -> Any:
       >>> jaxhvp.minimize_message(1)
       'Maximum number of iterations has been exceeded.'
     """
-    if isinstance(status, jax.core.Tracer):
-        msg = (
-            "minimize_message needs a concrete status code, but got a tracer: messages are "
-            "strings and cannot exist inside jax.jit or jax.vmap. Return result.status from the "
-            "traced function and call minimize_message on it outside."
-        )
-        raise TypeError(msg)
-    codes = np.asarray(status)
-    if not np.issubdtype(codes.dtype, np.integer):
-        msg = f"Expected an integer status code, but got {status!r} of dtype {codes.dtype}."
-        raise HVPError(msg)
-    unknown = sorted(set(codes.ravel().tolist()) - set(_MESSAGES))
-    if unknown:
-        msg = (
-            f"Unknown status code(s) {unknown}; the codes of jaxhvp.minimize are "
-            f"{ {int(s): s.name for s in MinimizeStatus} }."
-        )
-        raise HVPError(msg)
-    if codes.ndim == 0:
-        return _MESSAGES[MinimizeStatus(int(codes))]
-    return np.vectorize(lambda c: _MESSAGES[MinimizeStatus(int(c))], otypes=[object])(codes)
+    return message_for(status, _MESSAGES, "minimize_message")
 
 
 class MinimizeResult(NamedTuple):
