@@ -160,6 +160,8 @@ def influence(
         op, method, damping, *options.values(), None, _NAME
     )  # fmt: skip
     funcs = (loss, loss if test_loss is None else test_loss)
+    if plan.preconditioned == "callable":  # a function: walked with the losses, so cached
+        funcs, extra = (*funcs, extra), None
     static = (plan, test_batch_size)
     return _eager.call(_influence, static, funcs, (params, batches, test, op, settings, extra))
 
@@ -208,7 +210,8 @@ def _influence(
     plan: Plan,
     test_batch_size: int | None,
 ) -> Influence:
-    train_loss, test_loss = funcs
+    train_loss, test_loss = funcs[:2]
+    extra = funcs[2] if plan.preconditioned == "callable" else extra
     prepared = setup(op, plan, settings, extra)  # once for every test example
 
     def factor(example: Any) -> tuple[Any, SolveInfo]:

@@ -144,7 +144,11 @@ def solve(
             "known yet. Check info.status instead."
         )
         raise HVPError(msg)
-    x, info = _eager.call(_solve, (plan,), op, (b, x0, settings, extra))
+    if plan.preconditioned == "callable":  # a function: walked with the operator, so cached
+        func, extra = (op, extra), None
+    else:
+        func = op
+    x, info = _eager.call(_solve, (plan,), func, (b, x0, settings, extra))
     if throw and int(info.status) != SolveStatus.SUCCESS:
         msg = (
             f"{_NAME}(method={method!r}) failed: {info.message} Relative residual "
@@ -273,7 +277,8 @@ def _scalar(value: Any, name: str, dtype: Any, fn_name: str, positive: bool = Fa
     ):
         msg = f"{name} given to {fn_name} must be a real number, but got {value!r}."
         raise HVPError(msg)
-    if isinstance(value, (int, float, np.number)) and (value <= 0 if positive else value < 0):
+    concrete = not isinstance(value, jax.core.Tracer)  # a traced value cannot be checked
+    if concrete and (value <= 0 if positive else value < 0):
         bound = "> 0" if positive else ">= 0"
         msg = f"{name} given to {fn_name} must be {bound}, but got {value!r}."
         raise HVPError(msg)
@@ -330,5 +335,6 @@ def _precondition(plan: Plan, prepared: Any, damping: jax.Array) -> Callable:
     return lambda v: v
 
 
-def _solve(op: Operator, b: Any, x0: Any, settings: Settings, extra: Any, plan: Plan) -> Any:
+def _solve(func: Any, b: Any, x0: Any, settings: Settings, extra: Any, plan: Plan) -> Any:
+    op, extra = func if plan.preconditioned == "callable" else (func, extra)
     return run(op, plan, settings, setup(op, plan, settings, extra), b, x0)
