@@ -71,6 +71,11 @@ def hessian_free(
     of that objective (after whatever comes earlier in an ``optax.chain``). The update is
     ``learning_rate`` times the CG solution (``1.0``: the full damped step, as in Martens).
 
+    The reduction ratio is measured on the batch the step was solved on, so the damping
+    cannot see over-fitting to it: use large batches, or a learning rate below 1. Behind
+    gradient clipping the predicted reduction uses the clipped gradient and the actual one
+    the loss, which lowers the ratio and raises the damping: it is best used alone.
+
     Costs per step: up to ``cg_maxiter`` curvature products (each about a forward and a
     backward pass of the batch for the GGN), one more product for the reduction ratio,
     and two evaluations of the loss. Under ``jax.jit`` the number of CG steps is a loop
