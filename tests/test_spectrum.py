@@ -166,8 +166,10 @@ def test_repeated_and_zero_eigenvalues():
 
 
 def test_unconverged_status_is_reported_and_throw_raises():
-    a = random_symmetric(80, seed=4)
-    options = dict(k=4, key=jax.random.key(0), like=jnp.zeros(80), krylov_dim=10, max_matvecs=30)
+    # n, k and krylov_dim as in the tests above: their kernel. One restart (32 products), and
+    # the residuals stay above 1e-12 (the smallest is about 7e-9).
+    a = random_symmetric(40, seed=4)
+    options = dict(k=4, key=jax.random.key(0), like=jnp.zeros(40), krylov_dim=20, max_matvecs=30)
     eig = spectrum.eigenvalues(dense_matvec(a), which="smallest", tol=1e-12, **options)
     assert not bool(jnp.all(eig.converged))
     np.testing.assert_array_equal(eig.converged, eig.residuals <= 1e-12 * eig.scale)
@@ -229,12 +231,14 @@ def test_sketching_estimators_are_exact_on_low_rank(method):
 
 
 def test_hutchinson_is_exact_on_a_diagonal():
-    d = jnp.linspace(-1.0, 3.0, 20)
+    # A diagonal matrix (each product's entry is one term: exact), of the size and with the
+    # probes of the tests around it, whose kernel it shares.
+    d = jnp.linspace(-1.0, 3.0, 60)
     est = spectrum.trace(
-        lambda v: d * v,
+        probe_matvec(jnp.diag(d)),
         key=jax.random.key(0),
-        like=jnp.zeros(20),
-        num_probes=5,
+        like=jnp.zeros(60),
+        num_probes=15,
         method="hutchinson",
     )
     np.testing.assert_allclose(est.value, d.sum(), rtol=1e-12)
@@ -242,8 +246,10 @@ def test_hutchinson_is_exact_on_a_diagonal():
 
 @pytest.mark.parametrize("method", ["hutch++", "hutchinson"])
 def test_chunked_probes_give_the_same_trace(method):
-    a = random_symmetric(50, seed=7)
-    options = dict(key=jax.random.key(3), like=jnp.zeros(50), num_probes=14, method=method)
+    # n and num_probes as in test_sketching_estimators_are_exact_on_low_rank: the whole
+    # run's kernel is shared with it (hutch++) or with test_hutchinson_is_exact_on_a_diagonal.
+    a = random_symmetric(60, seed=7)
+    options = dict(key=jax.random.key(3), like=jnp.zeros(60), num_probes=15, method=method)
     whole = spectrum.trace(probe_matvec(a), **options)
     chunked = spectrum.trace(probe_matvec(a), probe_batch_size=4, **options)
     assert_trees_close(chunked, whole, rtol=1e-12, atol=1e-12)
@@ -297,8 +303,10 @@ def test_chunked_probes_and_a_given_grid():
 # --- data batches and blocks -----------------------------------------------------------------
 
 
-def batch_references(params):
-    _, batches = problem()
+@functools.cache
+def batch_references():
+    """The mean of the batches' dense Hessians, values and gradients (numpy): built once."""
+    params, batches = problem()
     per_batch = [jax.tree.map(lambda b: b[i], batches) for i in range(NUM_BATCHES)]
     hessians = [dense_hessian(params, b) for b in per_batch]
     values, grads = zip(*(jax.value_and_grad(mlp_loss)(params, b) for b in per_batch))
@@ -316,7 +324,7 @@ def flat_positions(params, select):
 @pytest.mark.parametrize("mode", ["fwd-rev", "rev-rev"])
 def test_batch_operator_is_the_mean_of_batch_hessians(mode):
     params, batches = problem()
-    h, value, grad = batch_references(params)
+    h, value, grad = batch_references()
     op = spectrum.batch_hessian_operator(mlp_loss, params, batches, mode=mode)
     assert isinstance(op, jaxhvp.HessianOperator)
     np.testing.assert_allclose(op.as_matrix(), h, atol=1e-12)
@@ -328,7 +336,7 @@ def test_batch_operator_is_the_mean_of_batch_hessians(mode):
 
 def test_batch_block_operator_and_its_spectrum_under_jit():
     params, batches = problem()
-    h, _, grad = batch_references(params)
+    h, _, grad = batch_references()
 
     def select(p):
         return (p["out"]["w"], p["layer1"]["b"])

@@ -187,8 +187,13 @@ def test_assert_detached():
 
 
 def gradgradcheck(func, args):
-    """torch's gradcheck and gradgradcheck: reverse-mode derivatives to second order."""
-    jax.test_util.check_grads(jax.jit(func), args, order=2, modes=["rev"], eps=1e-6)
+    """torch's gradcheck and gradgradcheck: reverse-mode derivatives to second order.
+
+    ``func`` runs as given (eager calls of jaxhvp, and op by op under the derivatives), not
+    under ``jax.jit``: check_grads differentiates it in several ways, and jitted, each way is a
+    whole program to compile, where op by op the operations' own kernels are shared.
+    """
+    jax.test_util.check_grads(func, args, order=2, modes=["rev"], eps=1e-6)
 
 
 def test_gradgradcheck():
