@@ -757,3 +757,11 @@ def test_lineax_cg_on_a_damped_ggn_agrees():
     assert int(info.status) == SolveStatus.SUCCESS
     assert_trees_close(x, peer.value, rtol=1e-9, atol=1e-11)
     assert_trees_close(x, _dense_solve(matrix, damping, b), rtol=1e-9, atol=1e-11)
+
+
+def test_a_traced_maxiter_is_taken_under_jit():
+    op = jaxhvp.hessian_operator(lambda w: jnp.sum(jnp.arange(1.0, 5.0) * w**2), jnp.ones(4))
+    solve = jax.jit(lambda it: jaxhvp.solve(op, jnp.ones(4), maxiter=it)[1])
+    assert int(solve(2).iterations) == 2
+    assert int(solve(2).status) == jaxhvp.SolveStatus.NOT_CONVERGED
+    assert int(solve(10).status) == jaxhvp.SolveStatus.SUCCESS

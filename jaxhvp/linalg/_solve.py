@@ -193,7 +193,10 @@ def prepare(
     default_maxiter = {"cg": 10 * n, "minres": 5 * n, "lissa": 1000}.get(
         method, DEFAULT_MAX_MATVECS
     )
-    maxiter = default_maxiter if maxiter is None else check_count(maxiter, "maxiter", fn_name)
+    if maxiter is None:
+        maxiter = default_maxiter
+    elif not (isinstance(maxiter, jax.core.Tracer) and method != "lowrank"):  # traced: as is
+        maxiter = check_count(maxiter, "maxiter", fn_name)
     if method == "lissa" and scale is None:
         msg = (
             f"method='lissa' in {fn_name} needs scale=: a number above the largest eigenvalue "
