@@ -13,7 +13,7 @@ from jax import lax
 from . import _eager
 from ._errors import HVPError
 from ._modes import check_callable
-from ._validate import check_count
+from ._validate import check_choice, check_count
 from .linalg._result import SolveInfo
 from .linalg._solve import METHODS, Plan, Settings, prepare, run, setup
 from .operators import Operator, hessian_operator
@@ -143,9 +143,7 @@ def influence(
         lambda x: x.reshape(num_train // batch_size, batch_size, *x.shape[1:]), train
     )
     op = _curvature(curvature, loss, params, batches)
-    if method not in METHODS:
-        msg = f"method given to {_NAME} must be one of {METHODS}, but got {method!r}."
-        raise HVPError(msg)
+    method = check_choice(method, "method", METHODS, _NAME)
     options = {"tol": 1e-5, "atol": 0.0, "maxiter": None, "preconditioner": None}
     options |= {"scale": None, "rank": None, "key": None}
     unknown = set(solve_options) - set(options)

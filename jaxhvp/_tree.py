@@ -15,6 +15,12 @@ import jax.numpy as jnp
 _map = jax.tree_util.tree_map
 
 
+def signature(tree: Any) -> tuple:
+    """``(structure, [(shape, dtype) per leaf])``: what two vector spaces must share."""
+    leaves, treedef = jax.tree_util.tree_flatten(tree)
+    return treedef, [(tuple(jnp.shape(x)), jnp.result_type(x)) for x in leaves]
+
+
 def accumulator(tree: Any) -> Any:
     """The dtype sums over ``tree`` are taken in: its widest leaf dtype, at least float32."""
     return jnp.promote_types(jnp.result_type(*jax.tree_util.tree_leaves(tree)), jnp.float32)

@@ -250,10 +250,6 @@ def prepare(
 def check_vector(v: Any, op: Operator, name: str, fn_name: str) -> Any:
     """``v`` as arrays in the structure, shapes and dtypes of ``op.like``."""
 
-    def signature(tree: Any) -> tuple:
-        leaves, treedef = jax.tree_util.tree_flatten(tree)
-        return treedef, [(tuple(np.shape(x)), jnp.result_type(x)) for x in leaves]
-
     leaves = jax.tree_util.tree_leaves(v)
     if not all(isinstance(x, (jax.Array, np.ndarray)) for x in leaves) or not leaves:
         msg = (
@@ -261,7 +257,7 @@ def check_vector(v: Any, op: Operator, name: str, fn_name: str) -> Any:
             f"(op.like), but got {type(v)}."
         )
         raise TypeError(msg)
-    expected, given = signature(op.like), signature(v)
+    expected, given = _tree.signature(op.like), _tree.signature(v)
     if expected != given:
         msg = (
             f"{name} given to {fn_name} must have the structure, shapes and dtypes of the "

@@ -25,7 +25,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from .. import _eager
+from .. import _eager, _tree
 from .._errors import HVPError
 from .._inputs import Inputs, as_tangents
 from .._validate import check_count
@@ -222,14 +222,11 @@ def _concretely_nonnegative(value: jax.Array) -> bool:
 
 
 def check_same_space(a: Operator, b: Operator) -> None:
-    def signature(op: Operator) -> tuple:
-        leaves, treedef = jax.tree_util.tree_flatten(op.like)
-        return treedef, [(tuple(x.shape), np.dtype(x.dtype)) for x in leaves]
-
-    if signature(a) != signature(b):
+    left, right = _tree.signature(a.like), _tree.signature(b.like)
+    if left != right:
         msg = (
             f"Only operators on the same vectors can be added, but the left one acts on "
-            f"{signature(a)} and the right one on {signature(b)}."
+            f"{left} and the right one on {right}."
         )
         raise HVPError(msg)
 

@@ -22,7 +22,7 @@ import numpy as np
 from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from .. import _eager
+from .. import _eager, _tree
 from .._errors import HVPError
 from .._validate import check_count
 from ..operators import Operator
@@ -117,11 +117,7 @@ class FlatOperator:
 
 
 def _check_output(matvec: Callable, like: Any, fn_name: str) -> None:
-    def signature(tree: Any) -> tuple:
-        leaves, treedef = jax.tree_util.tree_flatten(tree)
-        return treedef, [(tuple(x.shape), np.dtype(x.dtype)) for x in leaves]
-
-    expected, given = signature(like), signature(jax.eval_shape(matvec, like))
+    expected, given = _tree.signature(like), _tree.signature(jax.eval_shape(matvec, like))
     if given != expected:
         msg = (
             f"The matvec given to {fn_name} must return H v with the structure, shapes and "
