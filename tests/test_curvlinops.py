@@ -258,3 +258,29 @@ def test_monte_carlo_fisher(likelihood, monkeypatch):
     # the samples matter: with two of them, the Monte Carlo Fisher is not the exact one
     exact = dense(p.torch_operator(curvlinops.GGNLinearOperator))
     assert not np.allclose(dense(fisher), exact, rtol=1e-2, atol=0)
+
+
+@pytest.mark.parametrize("kind", ["ggn", "hessian"])
+def test_streamed_unequal_batches(kind):
+    """Batches of 5, 4 and 3 examples read from a list at every product, against curvlinops
+    on the same data loader (both weight batch b by n_b / num_data)."""
+    p = Problem("categorical")
+    sizes = [5, 4, 3]
+    edges = np.cumsum([0, *sizes])
+    data = [(p.x[a:b], p.y[a:b]) for a, b in itertools.pairwise(edges)]
+    loader = [(x.numpy(), y.numpy()) for x, y in data]
+    batches = jaxhvp.operators.stream(loader, num_data=N)
+    loss = p.loss()
+    if kind == "ggn":
+        op = jaxhvp.ggn_operator(mlp, loss, p.params, batches=batches)
+        torch_class = curvlinops.GGNLinearOperator
+    else:
+        op = jaxhvp.hessian_operator(lambda w, b: loss(mlp(w, b), b), p.params, batches=batches)
+        torch_class = curvlinops.HessianLinearOperator
+    torch_op = torch_class(
+        p.model, p.loss_func(), p.tensors, data, num_data=N, check_deterministic=False
+    )
+    assert_same_matrix(op, torch_op, p.params)
+    loss_all = p.loss_func()(p.model(p.x), p.y)
+    assert_trees_close(np.asarray(op.value), loss_all.detach().numpy())
+    assert_trees_close(op.grad, to_jax(torch.autograd.grad(loss_all, p.tensors)))

@@ -14,6 +14,9 @@ from ._ggn import ggn_operator as ggn_operator
 from ._ggn import gnvp as gnvp
 from ._hessian import HessianOperator as HessianOperator
 from ._hessian import hessian_operator as hessian_operator
+from ._stream import Stream as Stream
+from ._stream import StreamedOperator as StreamedOperator
+from ._stream import stream as stream
 
 __all__ = [
     "BlockOperator",
@@ -22,12 +25,15 @@ __all__ = [
     "HessianOperator",
     "Operator",
     "ScaledOperator",
+    "Stream",
+    "StreamedOperator",
     "SumOperator",
     "empirical_fisher_operator",
     "fisher_operator",
     "ggn_operator",
     "gnvp",
     "hessian_operator",
+    "stream",
 ]
 
 for _name in __all__:

@@ -6,16 +6,27 @@ batch ``b`` is passed as the last argument, ``func(params, batch_b)`` (``func(*p
 batch_b)`` for tuple inputs), and an operator's product is one ``lax.scan`` over the batches
 in order: the memory of one batch, the time of ``num_batches`` products, nothing kept between
 products but the parameters and the data.
+
+Data parallelism (:class:`Split`): when the leading axis is split over mesh axes (the
+batches placed with ``NamedSharding(mesh, P("data"))``, or ``data_axis="data"``), each device
+scans the batches it holds and the partial sums are added by one ``psum`` per product: no
+batch moves, and the communication is one all-reduce of the result's size. Inside the
+caller's ``shard_map`` (or ``pmap``) over that axis, the batches are the local ones and the
+same one ``psum`` runs there. This module is the one place that reduces over batches.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from .._errors import HVPError
 from .._inputs import is_array
@@ -65,19 +76,234 @@ def num_batches(batches: Any) -> int:
     return jax.tree_util.tree_leaves(batches)[0].shape[0]
 
 
-def sum_over_batches(fn: Callable, zeros: Any, batches: Any) -> Any:
-    """``sum_b fn(batch_b, b)`` by one ``lax.scan`` (in order); ``zeros`` has its structure."""
+# --- where the batches live -------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """Static: the mesh axes the batches' leading axis is split over (none: one place).
+
+    ``mesh`` is the mesh to ``shard_map`` over when a product is traced outside a
+    ``shard_map`` over ``axes`` (``None``: the mesh set with ``jax.set_mesh`` then).
+    """
+
+    axes: tuple[str, ...] = ()
+    mesh: Any = None
+
+
+NOT_SPLIT = Split()
+
+
+def split_of(batches: Any, data_axis: Any, fn_name: str) -> Split:
+    """Where ``batches`` (checked) live: over ``data_axis`` if given, else as placed."""
+    if batches is None:
+        return NOT_SPLIT
+    if data_axis is None:
+        return _placed(batches)
+    axes = axis_names(data_axis, fn_name)
+    if _bound(axes):  # built inside the caller's shard_map/pmap: the batches are local
+        return Split(axes)
+    mesh = _mesh_with(axes, batches)
+    if mesh is None:
+        msg = (
+            f"data_axis={data_axis!r} given to {fn_name} names no axis of a mesh in use: call "
+            "it inside jax.shard_map over that axis, under `with jax.set_mesh(mesh):`, or "
+            "with batches placed on the mesh (jax.device_put(batches, "
+            "NamedSharding(mesh, P('data'))))."
+        )
+        raise HVPError(msg)
+    size = math.prod(mesh.shape[a] for a in axes)
+    if num_batches(batches) % size:
+        msg = (
+            f"The batches given to {fn_name} are split over mesh axis {data_axis!r} of size "
+            f"{size}, so num_batches must be a multiple of {size}, but it is "
+            f"{num_batches(batches)}. Regroup the data into a multiple of {size} batches."
+        )
+        raise HVPError(msg)
+    return Split(axes, mesh if isinstance(mesh, jax.sharding.Mesh) else None)
+
+
+def axis_names(data_axis: Any, fn_name: str) -> tuple[str, ...]:
+    axes = (data_axis,) if isinstance(data_axis, str) else data_axis
+    if not isinstance(axes, tuple) or not axes or not all(isinstance(a, str) for a in axes):
+        msg = (
+            f"data_axis given to {fn_name} must be a mesh axis name or a tuple of them, e.g. "
+            f"data_axis='data', but got {data_axis!r}."
+        )
+        raise TypeError(msg)
+    return axes
+
+
+def _placed(batches: Any) -> Split:
+    """The split of batches whose leaves all put their leading axis on the same mesh axes."""
+    splits = set()
+    for leaf in jax.tree_util.tree_leaves(batches):
+        sharding = _sharding(leaf)
+        if not isinstance(sharding, NamedSharding) or not sharding.spec:
+            return NOT_SPLIT
+        first = sharding.spec[0]
+        if first is None:
+            return NOT_SPLIT
+        axes = (first,) if isinstance(first, str) else tuple(first)
+        mesh = sharding.mesh
+        splits.add(Split(axes, mesh if isinstance(mesh, jax.sharding.Mesh) else None))
+    return splits.pop() if len(splits) == 1 else NOT_SPLIT
+
+
+def _sharding(leaf: Any) -> Any:
+    if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer):
+        return leaf.sharding
+    sharding = getattr(jax.typeof(leaf), "sharding", None)  # explicit meshes type it
+    explicit = sharding is not None and sharding.mesh.explicit_axes
+    return sharding if explicit else None
+
+
+def _mesh_with(axes: tuple[str, ...], batches: Any) -> Any:
+    context = jax.sharding.get_abstract_mesh()
+    if all(a in context.axis_names for a in axes):
+        return context
+    for leaf in jax.tree_util.tree_leaves(batches):
+        sharding = _sharding(leaf)
+        if isinstance(sharding, NamedSharding) and all(a in sharding.mesh.axis_names for a in axes):
+            return sharding.mesh
+    return None
+
+
+def _bound(axes: tuple[str, ...]) -> bool:
+    """Whether the axes are bound here (inside a ``shard_map``, ``pmap`` or named vmap)."""
+    try:
+        for axis in axes:
+            lax.axis_size(axis)
+    except NameError:
+        return False
+    return True
+
+
+# --- reducing over the batches ----------------------------------------------------------
+
+
+def reduce_batches(
+    fn: Callable, operands: Any, batches: Any, split: Split, *, mean: bool = True
+) -> Any:
+    """``mean_b fn(operands, batch_b, b)`` (or the sum) over all the batches.
+
+    ``b`` is the batch's global index. Split batches are scanned where they live and the
+    partial sums added by one ``psum``; ``operands`` (the parameters, the vector) are the
+    same on every device.
+    """
+    count = num_batches(batches)
+    if not split.axes:
+        total = _scan(fn, operands, batches, 0)
+    elif _bound(split.axes):
+        count *= _axis_size(split.axes)
+        total = _local_sum(fn, split.axes, operands, batches)
+    else:
+        total = _over_mesh(lambda o, b: _local_sum(fn, split.axes, o, b), split, operands, batches)
+    if not mean:
+        return total
+    return jax.tree_util.tree_map(lambda t: (t / count).astype(t.dtype), total)
+
+
+def one_batch(
+    fn: Callable, operands: Any, batches: Any, split: Split, index: Any, *, mean: bool = True
+) -> Any:
+    """An unbiased estimate of :func:`reduce_batches` from batch ``index`` (modulo the
+    count) alone; split batches: from one local batch per device (as many as devices)."""
+
+    def local(operands: Any, batches: Any) -> Any:
+        count = num_batches(batches)
+        i = index % count
+        batch = jax.tree_util.tree_map(lambda x: x[i], batches)
+        if not split.axes:
+            return _times(fn(operands, batch, i), 1 if mean else count)
+        operands = _varying(operands, split.axes)
+        offset = lax.axis_index(split.axes) * count
+        estimate = lax.pmean(fn(operands, batch, offset + i), split.axes)
+        return _times(estimate, 1 if mean else count * _axis_size(split.axes))
+
+    if not split.axes or _bound(split.axes):
+        return local(operands, batches)
+    return _over_mesh(local, split, operands, batches)
+
+
+def _times(tree: Any, factor: int) -> Any:
+    if factor == 1:
+        return tree
+    return jax.tree_util.tree_map(lambda x: (factor * x).astype(x.dtype), tree)
+
+
+def _scan(fn: Callable, operands: Any, batches: Any, offset: Any, axes: tuple = ()) -> Any:
+    shapes = jax.eval_shape(fn, operands, first_batch(batches), 0)
+    # the carry varies with the batches it sums
+    zeros = _varying(jax.tree_util.tree_map(_zeros, shapes), axes)
 
     def add(total: Any, batch_and_index: tuple) -> tuple[Any, None]:
-        return jax.tree_util.tree_map(jnp.add, total, fn(*batch_and_index)), None
+        batch, i = batch_and_index
+        return jax.tree_util.tree_map(jnp.add, total, fn(operands, batch, offset + i)), None
 
     indices = jnp.arange(num_batches(batches))
     total, _ = lax.scan(add, zeros, (batches, indices))
     return total
 
 
-def mean_over_batches(fn: Callable, zeros: Any, batches: Any) -> Any:
-    """``mean_b fn(batch_b, b)``, as :func:`sum_over_batches` then divided."""
-    count = num_batches(batches)
-    total = sum_over_batches(fn, zeros, batches)
-    return jax.tree_util.tree_map(lambda t: t / count, total)
+def _zeros(shape: jax.ShapeDtypeStruct) -> jax.Array:
+    """Zeros of ``shape``, in its sharding when an explicit mesh types it."""
+    sharding = getattr(shape, "sharding", None)
+    if isinstance(sharding, NamedSharding) and sharding.mesh.explicit_axes:
+        return jnp.zeros(shape.shape, shape.dtype, out_sharding=sharding)
+    return jnp.zeros(shape.shape, shape.dtype)
+
+
+def _local_sum(fn: Callable, axes: tuple[str, ...], operands: Any, batches: Any) -> Any:
+    """This device's batches summed, then one ``psum`` over ``axes``.
+
+    The operands are marked as varying over the axes first: otherwise differentiating
+    through them would add a ``psum`` per batch (the transpose of the implicit broadcast).
+    """
+    operands = _varying(operands, axes)
+    offset = lax.axis_index(axes) * num_batches(batches)
+    return lax.psum(_scan(fn, operands, batches, offset, axes), axes)
+
+
+def _over_mesh(local: Callable, split: Split, operands: Any, batches: Any) -> Any:
+    mesh = split.mesh
+    context = jax.sharding.get_abstract_mesh()
+    if all(a in context.axis_names for a in split.axes):
+        mesh = context
+    spec = P(split.axes if len(split.axes) > 1 else split.axes[0])
+    mapped = jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(P(), spec),
+        out_specs=P(),
+        axis_names=frozenset(split.axes),
+    )
+    return mapped(operands, batches)
+
+
+def _axis_size(axes: tuple[str, ...]) -> int:
+    return math.prod(lax.axis_size(a) for a in axes)
+
+
+def _manual(axes: tuple[str, ...]) -> bool:
+    """Whether the axes are shard_map axes (where values carry their varying axes)."""
+    return all(a in jax.sharding.get_abstract_mesh().manual_axes for a in axes)
+
+
+def _varying(tree: Any, axes: tuple[str, ...]) -> Any:
+    """``tree`` marked as varying over ``axes`` inside a ``shard_map`` (no-op elsewhere)."""
+    if not axes or not _manual(axes):
+        return tree
+
+    def cast(x: Any) -> Any:
+        missing = tuple(a for a in axes if a not in _varying_axes(x))
+        return lax.pcast(x, missing, to="varying") if missing else x
+
+    return jax.tree_util.tree_map(cast, tree)
+
+
+def _varying_axes(x: Any) -> frozenset:
+    aval = jax.typeof(x)
+    if hasattr(aval, "manual_axis_type"):  # JAX >= 0.10
+        return aval.manual_axis_type.varying
+    return getattr(aval, "vma", frozenset())  # JAX 0.9

@@ -32,13 +32,17 @@ from .._validate import check_choice, check_count, check_key
 from . import _output_diagonal
 from ._base import Operator
 from ._data import (
+    NOT_SPLIT,
+    Split,
     check_batches,
     first_batch,
-    mean_over_batches,
     num_batches,
-    sum_over_batches,
+    one_batch,
+    reduce_batches,
+    split_of,
 )
 from ._likelihoods import Likelihood, as_likelihood, check_output
+from ._stream import Stream, placement, streamed
 
 REDUCTIONS = ("mean", "sum")
 
@@ -183,6 +187,7 @@ class GGNProduct:
 
     model: Model
     curvature: Any  # LossHessian, Fisher or EmpiricalFisher
+    split: Split = NOT_SPLIT  # where the batches live
 
     def one_batch(self, params: Any, batch: Any, key: Any, v: Any) -> Any:
         f, jvp = jax.linearize(lambda p: self.model(p, batch), params)
@@ -190,56 +195,60 @@ class GGNProduct:
         cu = jax.tree_util.tree_map(lambda c, y: c.astype(y.dtype), cu, f)
         return jax.linear_transpose(jvp, params)(cu)[0]
 
-    def over_batches(self, fn: Callable, zeros: Any, batches: Any, key: Any) -> Any:
+    def over_batches(self, fn: Callable, operands: Any, batches: Any, key: Any) -> Any:
+        """``fn(operands, batch, key_b)`` combined over the batches (batch ``b``'s key
+        folded from ``key`` by ``b``)."""
         if batches is None:
-            return fn(None, key)
-        combine = mean_over_batches if self.curvature.combine == "mean" else sum_over_batches
-        return combine(lambda batch, i: fn(batch, _fold(key, i)), zeros, batches)
+            return fn(operands, None, key)
+
+        def on_batch(operands_and_key: tuple, batch: Any, index: Any) -> Any:
+            operands, key = operands_and_key
+            return fn(operands, batch, _fold(key, index))
+
+        mean = self.curvature.combine == "mean"
+        return reduce_batches(on_batch, (operands, key), batches, self.split, mean=mean)
 
     def __call__(self, params: Any, batches: Any, key: Any, v: Any) -> Any:
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, v)
-        return self.over_batches(
-            lambda batch, k: self.one_batch(params, batch, k, v), zeros, batches, key
-        )
+        return self.over_batches(self._on_batch, (params, v), batches, key)
+
+    def _on_batch(self, params_and_v: tuple, batch: Any, key: Any) -> Any:
+        params, v = params_and_v
+        return self.one_batch(params, batch, key, v)
 
     def sampled(self, params: Any, batches: Any, key: Any, v: Any, index: jax.Array) -> Any:
         """The product estimated from batch ``index % num_batches`` alone (unbiased: times
         the number of batches when batches are summed)."""
         if batches is None:
             return self(params, batches, key, v)
-        count = num_batches(batches)
-        index = index % count
-        batch = jax.tree_util.tree_map(lambda x: x[index], batches)
-        product = self.one_batch(params, batch, _fold(key, index), v)
-        if self.curvature.combine == "mean":
-            return product
-        return jax.tree_util.tree_map(lambda x: (count * x).astype(x.dtype), product)
+
+        def on_batch(operands: tuple, batch: Any, index: Any) -> Any:
+            params, v, key = operands
+            return self.one_batch(params, batch, _fold(key, index), v)
+
+        mean = self.curvature.combine == "mean"
+        return one_batch(on_batch, (params, v, key), batches, self.split, index, mean=mean)
 
     def value_and_grad(self, params: Any, batches: Any) -> tuple[jax.Array, Any]:
-        def one(batch: Any, _: Any) -> tuple:
+        def one(params: Any, batch: Any, _: Any) -> tuple:
             return jax.value_and_grad(lambda p: self.curvature.value(self.model(p, batch), batch))(
                 params
             )
 
-        if batches is None:  # no scan, so nothing is traced ahead (jit=False runs op by op)
-            return one(None, None)
-        value_shape = jax.eval_shape(lambda: one(first_batch(batches), None)[0])
-        zeros = (jnp.zeros((), value_shape.dtype), jax.tree_util.tree_map(jnp.zeros_like, params))
-        return self.over_batches(one, zeros, batches, None)
+        # without batches: no scan, so nothing is traced ahead (jit=False runs op by op)
+        return self.over_batches(one, params, batches, None)
 
     def diagonal(self, params: Any, batches: Any, key: Any) -> Any:
         """The exact diagonal from the output space (:mod:`._output_diagonal`): example by
         example when the batch can be cut into examples, else over the whole batch."""
 
-        def one(batch: Any, k: Any) -> Any:
+        def one(params: Any, batch: Any, k: Any) -> Any:
             f_shape = jax.eval_shape(lambda: self.model(params, batch))
             how = _output_diagonal.full_batch
             if batch is not None and _output_diagonal.examples_of(f_shape, batch):
                 how = _output_diagonal.per_example
             return how(self.model, self.curvature.apply, params, batch, k)
 
-        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
-        return self.over_batches(one, zeros, batches, key)
+        return self.over_batches(one, params, batches, key)
 
     def output_size(self, params: Any, batches: Any) -> int:
         """The number of outputs of one batch: the vjps an exact diagonal costs per batch."""
@@ -300,6 +309,11 @@ class GGNOperator(Operator):
     def _user_function(self) -> Callable | None:
         return self.product.model.func
 
+    def _with_batches(self, batches: Any, index: int) -> GGNOperator:
+        """The same operator over other batches of the same structure (a stream's; batch
+        ``index`` draws its Monte Carlo labels from the key folded by ``index``)."""
+        return dataclasses.replace(self, batches=batches, key=_fold(self.key, index))
+
     def exact_diagonal(self, batch_size: int | None = None) -> Any:
         """The exact diagonal; in output space when that is cheaper: ``C`` of each batch
         formed densely from its outputs and eigendecomposed, ``C = Q diag(lam) Q^T``, and
@@ -326,20 +340,38 @@ def _diagonal(op: GGNOperator) -> Any:
 
 
 def _build(
-    funcs: tuple, inputs: Any, batches: Any, key: Any, curvature: Any, kind: str, jit: bool
+    funcs: tuple,
+    inputs: Any,
+    batches: Any,
+    key: Any,
+    curvature: Any,
+    kind: str,
+    jit: bool,
+    data_axis: Any = None,
 ) -> GGNOperator:
     fn_name = curvature.fn_name
     for func in funcs:
         check_callable(func, fn_name)
     spec = as_inputs(inputs, fn_name)
+    if isinstance(batches, Stream):
+        place = placement(data_axis, spec.primals, fn_name)
+
+        def build(stacked: Any, _: int) -> GGNOperator:
+            return _build(funcs, inputs, stacked, key, curvature, kind, jit)
+
+        return streamed(build, batches, curvature.combine, place, fn_name)
     if batches is not None:
         batches = check_batches(batches, fn_name)
-    product = _product(funcs, curvature, spec.is_tuple, batches is not None)
+    elif data_axis is not None:
+        msg = f"{fn_name} takes data_axis only with batches: it says where the batches live."
+        raise HVPError(msg)
+    split = split_of(batches, data_axis, fn_name)
+    product = _product(funcs, curvature, spec.is_tuple, batches is not None, split)
     value = grad = None
     if curvature.value is not None:
         # The kernel's key holds the curvature without the user's functions: those are
         # walked (by code and the arrays they read), so a fresh closure reuses the kernel.
-        template = (_without_loss(curvature), spec.is_tuple, batches is not None)
+        template = (_without_loss(curvature), spec.is_tuple, batches is not None, split)
         value, grad = _eager.call(
             _value_and_grad, template, funcs, (spec.primals, batches), jit=jit
         )
@@ -347,10 +379,10 @@ def _build(
     return GGNOperator(value, grad, spec.primals, batches, key, product, kind, spec.is_tuple, psd)
 
 
-def _product(funcs: tuple, curvature: Any, splat: bool, batched: bool) -> GGNProduct:
+def _product(funcs: tuple, curvature: Any, splat: bool, batched: bool, split: Split) -> GGNProduct:
     if hasattr(curvature, "loss"):
         curvature = dataclasses.replace(curvature, loss=funcs[1])
-    return GGNProduct(Model(funcs[0], splat, batched), curvature)
+    return GGNProduct(Model(funcs[0], splat, batched), curvature, split)
 
 
 def _without_loss(curvature: Any) -> Any:
@@ -358,9 +390,15 @@ def _without_loss(curvature: Any) -> Any:
 
 
 def _value_and_grad(
-    funcs: tuple, params: Any, batches: Any, curvature: Any, splat: bool, batched: bool
+    funcs: tuple,
+    params: Any,
+    batches: Any,
+    curvature: Any,
+    splat: bool,
+    batched: bool,
+    split: Split,
 ) -> Any:
-    return _product(funcs, curvature, splat, batched).value_and_grad(params, batches)
+    return _product(funcs, curvature, splat, batched, split).value_and_grad(params, batches)
 
 
 def _check_reduction(reduction: Any, fn_name: str) -> str:
@@ -373,6 +411,7 @@ def ggn_operator(
     inputs: Any,
     *,
     batches: Any = None,
+    data_axis: Any = None,
     loss_is_convex: bool = True,
     jit: bool = True,
 ) -> GGNOperator:
@@ -394,6 +433,8 @@ def ggn_operator(
       batches: optionally, data stacked on a leading axis (``func``'s and ``loss``'s
         ``batch`` is one slice): ``G`` and ``value`` are then the means over the batches,
         computed by one ``lax.scan`` per product with the memory of one batch.
+      data_axis: the mesh axis the batches are split over, as in
+        :func:`jaxhvp.hessian_operator` (data parallelism: one ``psum`` per product).
       loss_is_convex: whether ``loss`` is convex in the outputs, so that ``G`` is positive
         semi-definite (``op.psd``, and the lineax tag of ``op.as_lineax()``).
       jit: as in :func:`jaxhvp.hvp`, for ``value`` and ``grad``.
@@ -416,7 +457,7 @@ def ggn_operator(
              [1.77, 3.27]], dtype=float32)
     """
     curvature = LossHessian(loss, batches is not None, "ggn_operator", bool(loss_is_convex))
-    return _build((func, loss), inputs, batches, None, curvature, "ggn", jit)
+    return _build((func, loss), inputs, batches, None, curvature, "ggn", jit, data_axis)
 
 
 def fisher_operator(
@@ -425,6 +466,7 @@ def fisher_operator(
     *,
     likelihood: str,
     batches: Any = None,
+    data_axis: Any = None,
     reduction: str = "mean",
     mc_samples: int | None = None,
     key: Any = None,
@@ -461,6 +503,7 @@ def fisher_operator(
       inputs: the parameters, as in :func:`jaxhvp.hvp`.
       likelihood: ``"categorical"``, ``"gaussian"`` or ``"bernoulli"``.
       batches: optionally, data stacked on a leading axis, as in :func:`ggn_operator`.
+      data_axis: as in :func:`ggn_operator`.
       reduction: ``"mean"`` (default) or ``"sum"``, as above.
       mc_samples: None (exact) or the number of sampled labels per output row.
       key: the PRNG key for the samples (only with ``mc_samples``); batch ``b`` uses
@@ -500,7 +543,7 @@ def fisher_operator(
             raise HVPError(msg)
         key = check_key(key, fn_name)
         curvature, kind = Fisher(like, reduction, mc_samples, fn_name), "fisher_mc"
-    return _build((func,), inputs, batches, key, curvature, kind, jit)
+    return _build((func,), inputs, batches, key, curvature, kind, jit, data_axis)
 
 
 def empirical_fisher_operator(
@@ -509,6 +552,7 @@ def empirical_fisher_operator(
     inputs: Any,
     *,
     batches: Any = None,
+    data_axis: Any = None,
     reduction: str = "mean",
     jit: bool = True,
 ) -> GGNOperator:
@@ -531,6 +575,7 @@ def empirical_fisher_operator(
         ``(num_examples,)``, e.g. ``optax.softmax_cross_entropy_with_integer_labels``.
       inputs: the parameters, as in :func:`jaxhvp.hvp`.
       batches: optionally, data stacked on a leading axis, as in :func:`ggn_operator`.
+      data_axis: as in :func:`ggn_operator`.
       reduction: ``"mean"`` (default) or ``"sum"`` over the examples (and the batches).
       jit: as in :func:`jaxhvp.hvp`.
 
@@ -554,7 +599,9 @@ def empirical_fisher_operator(
     fn_name = "empirical_fisher_operator"
     reduction = _check_reduction(reduction, fn_name)
     curvature = EmpiricalFisher(loss, batches is not None, reduction, fn_name)
-    return _build((func, loss), inputs, batches, None, curvature, "empirical_fisher", jit)
+    return _build(
+        (func, loss), inputs, batches, None, curvature, "empirical_fisher", jit, data_axis
+    )
 
 
 def gnvp(func: Callable, loss: Callable, inputs: Any, v: Any, *, jit: bool = True) -> tuple:

@@ -16,7 +16,8 @@ from .._inputs import Inputs, as_inputs
 from .._modes import AUTO, MODE_NAMES, MODES, check_callable, resolve_mode, scalar_fn
 from ._base import Operator
 from ._blocks import merge, take
-from ._data import check_batches, first_batch, mean_over_batches, num_batches
+from ._data import NOT_SPLIT, Split, check_batches, one_batch, reduce_batches, split_of
+from ._stream import Stream, placement, streamed
 
 _NAME = "hessian_operator"
 
@@ -64,6 +65,12 @@ class HessianOperator(Operator):
         params, batches = self.linear.args
         return product.one_batch(params, batches, v, index)
 
+    def _with_batches(self, batches: Any, index: int) -> HessianOperator:
+        """The same operator over other batches of the same structure (a stream's)."""
+        params, _ = self.linear.args
+        linear = jax.tree_util.Partial(self.linear.func, params, batches)
+        return dataclasses.replace(self, linear=linear)
+
     def _user_function(self) -> Callable | None:
         product = getattr(self.linear, "func", None)  # over batches: Partial(MeanProduct)
         return product.loss if isinstance(product, MeanProduct) else None
@@ -74,6 +81,7 @@ def hessian_operator(
     inputs: Any,
     *,
     batches: Any = None,
+    data_axis: Any = None,
     mode: str = "fwd-rev",
     has_aux: bool = False,
     jit: bool = True,
@@ -92,7 +100,15 @@ def hessian_operator(
         :doc:`curvature`): ``func(inputs, batch)`` (``func(*inputs, batch)`` for tuple
         inputs) is then averaged over the batches, and each product is one ``lax.scan``
         over them, re-running each batch's forward pass (memory of one batch; nothing is
-        linearized ahead). Not with ``has_aux`` or ``mode="auto"``.
+        linearized ahead). Or :func:`jaxhvp.operators.stream` of a data loader: batches
+        read at every product, weighted by their sizes (eager products only). Not with
+        ``has_aux`` or ``mode="auto"``.
+      data_axis: the mesh axis (or axes) the batches' leading axis is split over, for data
+        parallelism (see :doc:`sharding`): each device scans its own batches and one
+        ``psum`` per product adds them. Found from the batches' ``NamedSharding`` when they
+        are placed on a mesh; give it under ``jax.jit`` on an auto mesh (with
+        ``jax.set_mesh``) and inside a ``shard_map`` over that axis (the batches are then
+        the local ones).
       mode: ``"fwd-rev"`` (default), ``"rev-rev"``, ``"rev-fwd"`` or ``"auto"``, as in
         :func:`jaxhvp.hvp`; for ``"auto"`` the products of each mode are timed.
       has_aux: whether ``func`` returns ``(output, aux)``; ``aux`` is ``op.aux``.
@@ -120,7 +136,10 @@ def hessian_operator(
             msg = f"{_NAME} takes has_aux=True only without batches: there is one aux per batch."
             raise HVPError(msg)
         spec = as_inputs(inputs, _NAME)
-        return batch_hessian(func, spec, batches, None, mode, jit, _NAME)
+        return batch_hessian(func, spec, batches, None, mode, jit, _NAME, data_axis)
+    if data_axis is not None:
+        msg = f"{_NAME} takes data_axis only with batches: it says where the batches live."
+        raise HVPError(msg)
     compose = resolve_mode(mode, _NAME)
     if compose == AUTO:
         compose = _eager.AUTO_OPERATOR
@@ -154,6 +173,7 @@ class MeanProduct:
     splat: bool  # loss(*params, batch) (the tuple rule) rather than loss(params, batch)
     positions: tuple[int, ...] | None = None  # the block's leaves in the flat params
     block_tree: Any = None  # the block's structure (a PyTreeDef) when positions is given
+    split: Split = NOT_SPLIT  # where the batches live
 
     def block(self, params: Any) -> Any:
         if self.positions is None:
@@ -170,18 +190,15 @@ class MeanProduct:
         return scalar_fn(loss_of_block, Inputs(self.block(params), False, _NAME), False)
 
     def one_batch(self, params: Any, batches: Any, v: Any, index: jax.Array) -> Any:
-        """The product on batch ``index % num_batches`` alone."""
-        index = index % num_batches(batches)
-        batch = jax.tree_util.tree_map(lambda x: x[index], batches)
-        return self.compose(self.scalar(params, batch), self.block(params), v)[0]
+        """The product on batch ``index % num_batches`` alone (one per device if split)."""
+        return one_batch(self._on_batch, (params, v), batches, self.split, index)
 
     def __call__(self, params: Any, batches: Any, v: Any) -> Any:
-        block = self.block(params)
+        return reduce_batches(self._on_batch, (params, v), batches, self.split)
 
-        def product(batch: Any, _: Any) -> Any:
-            return self.compose(self.scalar(params, batch), block, v)[0]
-
-        return mean_over_batches(product, jax.tree_util.tree_map(jnp.zeros_like, v), batches)
+    def _on_batch(self, params_and_v: tuple, batch: Any, _: Any) -> Any:
+        params, v = params_and_v
+        return self.compose(self.scalar(params, batch), self.block(params), v)[0]
 
 
 def batch_hessian(
@@ -192,6 +209,7 @@ def batch_hessian(
     mode: str,
     jit: bool,
     fn_name: str,
+    data_axis: Any = None,
 ) -> HessianOperator:
     """The Hessian of the mean of ``loss`` over ``batches`` (of a block of the params)."""
     try:
@@ -203,6 +221,13 @@ def batch_hessian(
             "function: def loss_fn(params, batch): return model_loss(params, batch)."
         )
         raise TypeError(msg) from error
+    if isinstance(batches, Stream):
+        place = placement(data_axis, spec.primals, fn_name)
+
+        def build(stacked: Any, _: int) -> HessianOperator:
+            return batch_hessian(loss, spec, stacked, block, mode, jit, fn_name)
+
+        return streamed(build, batches, "mean", place, fn_name)
     compose = resolve_mode(mode, fn_name)
     if compose == AUTO:
         choices = ", ".join(repr(m) for m in MODES)
@@ -212,27 +237,31 @@ def batch_hessian(
         )
         raise HVPError(msg)
     batches = check_batches(batches, fn_name)
+    split = split_of(batches, data_axis, fn_name)
     positions, block_tree = block if block is not None else (None, None)
     positions = None if positions is None else _eager.Static(positions)
-    product = MeanProduct(loss, compose, spec.is_tuple, positions, block_tree)
-    options = (spec.is_tuple, positions, block_tree)
+    product = MeanProduct(loss, compose, spec.is_tuple, positions, block_tree, split)
+    options = (spec.is_tuple, positions, block_tree, split)
     value, grad = _eager.call(_mean_value_and_grad, options, loss, (spec.primals, batches), jit=jit)
     linear = jax.tree_util.Partial(product, spec.primals, batches)
     return HessianOperator(value, grad, None, linear, MODE_NAMES[compose], type(grad) is tuple)
 
 
 def _mean_value_and_grad(
-    loss: Callable, params: Any, batches: Any, splat: bool, positions: Any, block_tree: Any
+    loss: Callable,
+    params: Any,
+    batches: Any,
+    splat: bool,
+    positions: Any,
+    block_tree: Any,
+    split: Split,
 ) -> Any:
     """The mean loss and gradient (of the block) over the batches, by one ``lax.scan``."""
-    product = MeanProduct(loss, MODES["fwd-rev"], splat, positions, block_tree)
-    block = product.block(params)
+    product = MeanProduct(loss, MODES["fwd-rev"], splat, positions, block_tree, split)
 
-    def value_and_grad(batch: Any, _: Any) -> tuple:
+    def value_and_grad(params: Any, batch: Any, _: Any) -> tuple:
         scalar = product.scalar(params, batch)
-        (value, _), grad = jax.value_and_grad(scalar, has_aux=True)(block)
+        (value, _), grad = jax.value_and_grad(scalar, has_aux=True)(product.block(params))
         return value, grad
 
-    value_shape, _ = jax.eval_shape(product.scalar(params, first_batch(batches)), block)
-    zeros = (jnp.zeros((), value_shape.dtype), jax.tree_util.tree_map(jnp.zeros_like, block))
-    return mean_over_batches(value_and_grad, zeros, batches)
+    return reduce_batches(value_and_grad, params, batches, split)

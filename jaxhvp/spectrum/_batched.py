@@ -25,6 +25,7 @@ def batch_hessian_operator(
     batches: Any,
     *,
     select: Callable | None = None,
+    data_axis: Any = None,
     mode: str = "fwd-rev",
     jit: bool = True,
 ) -> HessianOperator:
@@ -48,6 +49,8 @@ def batch_hessian_operator(
       batches: a pytree of arrays, each with the same leading length ``num_batches >= 1``.
       select: optionally, a function picking a block of ``params`` (as in
         :func:`block_operator`): the operator is then that block of the batch Hessian.
+      data_axis: the mesh axis the batches are split over, as in
+        :func:`jaxhvp.hessian_operator` (data parallelism: one ``psum`` per product).
       mode: ``"fwd-rev"`` (default), ``"rev-rev"`` or ``"rev-fwd"``, as in
         :func:`jaxhvp.hvp` (not ``"auto"``).
       jit: as in :func:`jaxhvp.hvp`, for ``value`` and ``grad``; eager products of the
@@ -85,4 +88,4 @@ def batch_hessian_operator(
     if select is not None:
         positions, chosen = pick(spec.primals, select, _NAME)
         block = (positions, jax.tree_util.tree_structure(chosen))
-    return batch_hessian(loss, spec, batches, block, mode, jit, _NAME)
+    return batch_hessian(loss, spec, batches, block, mode, jit, _NAME, data_axis)
