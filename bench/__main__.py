@@ -22,6 +22,10 @@ jax.grad and jax.jit(...) but not jaxhvp.*, and 'jaxhvp.hvp' every jaxhvp.hvp va
 and BackPACK rows (framework torch) go by their own names: 'curvlinops', 'backpack'. The
 gradient of each framework used is always timed: it is the per_grad unit.
 
+Other suites: 'python -m bench inverse|sharding|training [--quick ...]' (each also runs as
+'python -m bench.NAME'): inverse products, the data-parallel operator on N simulated devices,
+second-order training against Adam.
+
 The full run measures each row in a fresh process (python -m bench._worker): peak memory and
 a cold first call. Ratios near 1 (mode=auto against each mode; an eager call against a
 hand-written jit) are then timed interleaved in one process: interleaved.md.
@@ -132,7 +136,17 @@ class _Progress:
             self.bar.close()
 
 
+# ``python -m bench NAME [options]`` runs the other benchmarks (``python -m bench.NAME``).
+SUITES = ("inverse", "sharding", "training")
+
+
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else list(argv)
+    if given and given[0] in SUITES:
+        import importlib
+
+        importlib.import_module(f"bench.{given[0]}").main(given[1:])
+        return 0
     args = parse_args(argv)
     configure_threads(args.threads)  # before JAX and torch are imported
 
