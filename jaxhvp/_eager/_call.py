@@ -30,7 +30,7 @@ from ._swap import LOCK, Rebound, changed, restore, snapshot, swapped
 STORE = Store(DEFAULT_MAXSIZE)
 # (func, split, entry) of the call in flight: calls hold LOCK, so one at a time.
 _current = types.SimpleNamespace(call=None)
-_JAX_ARRAY_TYPES = frozenset({type(jax.numpy.zeros(()))})
+_JAX_ARRAY_TYPES = frozenset({_values.JAX_ARRAY})
 
 # Errors of Python code that needs a concrete value where the kernel has a tracer.
 _CONCRETE_VALUE_ERRORS = (

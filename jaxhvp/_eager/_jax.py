@@ -1,5 +1,5 @@
-"""The only place jaxhvp reads JAX internals: whether a call runs at top level, and which
-primitives of a traced program call back into Python.
+"""The only place jaxhvp reads JAX internals: whether a call runs at top level, which
+primitives of a traced program call back into Python, and the class of concrete arrays.
 
 JAX has no public "is anything being traced?". ``at_top_level`` reads the trace state
 directly where this JAX version has it (a few attribute reads: it is on every eager call's
@@ -8,11 +8,13 @@ path) and otherwise uses a public test that is slower but never wrong.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 def _public_check() -> bool:
@@ -40,22 +42,27 @@ def _private_check() -> Callable[[], bool] | None:
     return None
 
 
+class _Recorded(Exception):
+    """Ends a probe's trace once it has recorded the check: nothing is computed."""
+
+
 def _verified(check: Callable[[], bool] | None) -> Callable[[], bool]:
     """``check`` if it answers right at top level and under jit, vmap and grad; else the
-    public test."""
+    public test. The probes stop as soon as they have traced, so that importing jaxhvp
+    starts no JAX backend (``jax.distributed.initialize`` must come before that)."""
     if check is None:
         return _public_check
+    seen = []
+
+    def probe(x: Any) -> Any:
+        seen.append(check())
+        raise _Recorded
+
     try:
-        seen = []
-
-        def probe(x: Any) -> Any:
-            seen.append(check())
-            return x
-
         ok = check()
-        jax.jit(probe)(1.0)
-        jax.vmap(probe)(jnp.ones(1))
-        jax.grad(probe)(1.0)
+        for transform, arg in ((jax.jit, 1.0), (jax.vmap, np.ones(1)), (jax.grad, 1.0)):
+            with contextlib.suppress(_Recorded):
+                transform(probe)(arg)
     except Exception:  # pragma: no cover
         return _public_check
     return check if ok and seen == [False, False, False] else _public_check
@@ -63,6 +70,20 @@ def _verified(check: Callable[[], bool] | None) -> Callable[[], bool]:
 
 at_top_level = _verified(_private_check())
 FAST_TOP_LEVEL_CHECK = at_top_level is not _public_check
+
+
+def _array_type() -> type:
+    """The class of JAX's concrete arrays, read without making one: making an array starts
+    JAX's backend, which a multi-process program must not do before it calls
+    ``jax.distributed.initialize``, so importing jaxhvp must not either."""
+    try:
+        from jax._src.array import ArrayImpl
+    except ImportError:  # pragma: no cover
+        return type(jnp.zeros(()))
+    return ArrayImpl
+
+
+ARRAY_TYPE = _array_type()
 
 
 def _staging_cache_clearer() -> Callable[[], None]:

@@ -25,6 +25,7 @@ import jax
 import numpy as np
 
 from ._guard import MISSING
+from ._jax import ARRAY_TYPE
 
 ARRAY_TYPES = (jax.Array, np.ndarray)
 SCALAR_TYPES = (bool, int, float, complex, str, bytes, type(None), np.generic, np.dtype)
@@ -141,7 +142,7 @@ def is_array(value: Any) -> bool:
     return type(value) in CONCRETE_ARRAY_TYPES or isinstance(value, ARRAY_TYPES)
 
 
-JAX_ARRAY = type(jax.numpy.zeros(()))
+JAX_ARRAY = ARRAY_TYPE  # type(jnp.zeros(())), without starting the backend at import
 CONCRETE_ARRAY_TYPES = frozenset({JAX_ARRAY, np.ndarray})
 
 
