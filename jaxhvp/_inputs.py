@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import HVPError
+from ._sharding import tangent_layout
 
 _ARRAY_TYPES = (jax.Array, np.ndarray)
 _ACCEPTED = (
@@ -148,7 +149,8 @@ def as_tangents(v: Any, inputs: Inputs) -> Any:
                 f"{vi.dtype}. Cast it to the input's dtype, e.g. v.astype(jnp.{xi.dtype})."
             )
             raise HVPError(msg)
-    return v
+    # A tangent must be laid out as its primal (on explicit meshes JAX requires it).
+    return tangent_layout(v, primals)
 
 
 def check_output_types(out: Any, fn_name: str) -> None:

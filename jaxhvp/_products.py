@@ -11,6 +11,7 @@ from jax import lax
 from . import _eager, _strict
 from ._inputs import as_primals_and_tangents
 from ._modes import AUTO, check_callable, output_fn, resolve_mode, scalar_fn
+from ._sharding import match_layout
 
 
 def detach(tree: Any, create_graph: bool) -> Any:
@@ -37,7 +38,8 @@ def product(
         options = _options[fn_name, mode, create_graph, strict, has_aux]
     except (KeyError, TypeError):  # new, or unhashable (then invalid: resolve_mode raises)
         options = _static_options(fn_name, mode, create_graph, strict, has_aux)
-    return _eager.call(_product, options, func, (inputs, v), jit)
+    out, prod, *aux = _eager.call(_product, options, func, (inputs, v), jit)
+    return (out, match_layout(prod, inputs), *aux)
 
 
 _options: dict[tuple, tuple] = {}  # the arguments of product -> _product's static options
@@ -69,6 +71,7 @@ def _product(
         product_fn = (lambda p: compose(scalar, p, vector)[0]) if create_graph else None
         _strict.check_product(output_fn(func, spec, has_aux), scalar, spec, product_fn)
     prod, (_, (out, aux)) = compose(scalar, spec.primals, vector)
+    prod = match_layout(prod, spec.primals)
     result = (detach(out, create_graph), detach(prod, create_graph))
     return (*result, aux) if has_aux else result
 
@@ -102,6 +105,9 @@ def hvp(
       mode: the AD composition: ``"fwd-rev"`` (default; ``jax.jvp`` of ``jax.grad``),
         ``"rev-rev"`` (``jax.vjp`` of ``jax.grad``), ``"rev-fwd"`` (``jax.grad`` of
         ``jax.jvp``), or ``"auto"`` (the fastest of the three, measured once per signature).
+        With several processes (``jax.distributed``), a call on arrays that span processes
+        takes process 0's choice in every process (their programs must match), and a call on
+        arrays each process holds alone takes ``"fwd-rev"``, untimed.
       has_aux: if True, ``func`` returns ``(output, aux)`` and ``aux`` is returned last, as in
         ``jax.jvp(..., has_aux=True)``.
       jit: if True (default), an eager call runs a cached jit-compiled kernel (see the README's

@@ -29,8 +29,10 @@ def accumulator(tree: Any) -> Any:
 def vdot(a: Any, b: Any) -> jax.Array:
     """``<a, b>`` summed over every leaf."""
     wide = accumulator(a)
+    # elementwise products summed, not jnp.vdot: a contraction over a sharded axis is
+    # refused on explicit meshes ("Contracting dimensions are sharded"); a sum reduces
     parts = [
-        jnp.vdot(x.astype(wide), y.astype(wide))
+        jnp.sum(x.astype(wide) * y.astype(wide))
         for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
     ]
     return sum(parts[1:], parts[0])
@@ -73,8 +75,8 @@ def finite(a: Any) -> jax.Array:
 def stacked_dot(rows: Any, a: Any) -> jax.Array:
     """``(k,)``: ``<rows[i], a>`` for vectors stacked on a leading axis of every leaf."""
     wide = accumulator(a)
-    parts = [
-        jnp.tensordot(r.astype(wide), x.astype(wide), axes=x.ndim)
+    parts = [  # a sum of products, as in vdot
+        jnp.sum(r.astype(wide) * x.astype(wide), axis=tuple(range(1, r.ndim)))
         for r, x in zip(jax.tree_util.tree_leaves(rows), jax.tree_util.tree_leaves(a))
     ]
     return sum(parts[1:], parts[0])

@@ -22,9 +22,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
 
-from .. import _eager, _tree
+from .. import _eager, _sharding, _tree
 from .._errors import HVPError
 from .._validate import check_count, check_key
 from ..operators import Operator
@@ -140,7 +139,9 @@ def nystrom_preconditioner(op: Operator, rank: int, *, key: jax.Array) -> Nystro
     if rank > n:
         msg = f"rank given to {name} must be at most the operator's dimension {n}, but got {rank}."
         raise HVPError(msg)
-    return _eager.call(_nystrom, (rank,), op, (check_key(key, name),))
+    pre = _eager.call(_nystrom, (rank,), op, (check_key(key, name),))
+    vectors = _sharding.match_layout(pre.vectors, op.like, stacked=True)
+    return dataclasses.replace(pre, vectors=vectors)
 
 
 def _check_operator(op: Any, fn_name: str) -> None:
@@ -153,13 +154,13 @@ def _check_operator(op: Any, fn_name: str) -> None:
 
 
 def _nystrom(op: Operator, key: jax.Array, rank: int) -> NystromPreconditioner:
-    flat, unravel = ravel_pytree(op.like)
+    flat, unravel = _sharding.ravel(op.like)
     n, dtype = flat.size, flat.dtype
     wide = jnp.promote_types(dtype, jnp.float32)  # QR, Cholesky and SVD in >= 32 bits
     omega, _ = jnp.linalg.qr(jax.random.normal(key, (n, rank), wide))
 
     def product(column: jax.Array) -> jax.Array:
-        return ravel_pytree(op._product(unravel(column.astype(dtype))))[0].astype(wide)
+        return _sharding.ravel(op._product(unravel(column.astype(dtype))))[0].astype(wide)
 
     sketch = jax.vmap(product, in_axes=1, out_axes=1)(omega)  # A Omega, (n, rank)
     shift = jnp.sqrt(n) * jnp.finfo(wide).eps * jnp.linalg.norm(sketch)

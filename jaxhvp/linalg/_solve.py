@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import _eager, _tree
+from .. import _eager, _sharding, _tree
 from .._errors import HVPError
 from .._validate import check_choice, check_count, check_key
 from ..operators import Operator
@@ -266,7 +266,8 @@ def check_vector(v: Any, op: Operator, name: str, fn_name: str) -> Any:
             "op.like (or op.grad)."
         )
         raise HVPError(msg)
-    return jax.tree_util.tree_map(jnp.asarray, v)
+    # in the operator's vectors' layout: explicit meshes need it of a product's tangents
+    return _sharding.tangent_layout(jax.tree_util.tree_map(jnp.asarray, v), op.like)
 
 
 def _scalar(value: Any, name: str, dtype: Any, fn_name: str, positive: bool = False) -> jax.Array:

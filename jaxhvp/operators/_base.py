@@ -23,9 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.flatten_util import ravel_pytree
 
-from .. import _eager, _tree
+from .. import _eager, _sharding, _tree
 from .._errors import HVPError
 from .._inputs import Inputs, as_tangents
 from .._validate import check_count
@@ -84,12 +83,21 @@ class Operator(abc.ABC):
           vectors: the operator's vector structure, each leaf with an extra leading axis of
             length k.
           batch_size: if given, the products are computed ``batch_size`` vectors at a time
-            (``lax.map``), bounding memory; otherwise all k at once (``jax.vmap``).
+            (``lax.map``), bounding memory; otherwise all k at once (``jax.vmap``). Where
+            the stacked axis is sharded, every chunk takes the same number of vectors from
+            each device's shard (``batch_size`` rounded down to a multiple of the number of
+            shards, at least one vector per shard), so no vector moves between devices.
+
+        Returns:
+          The products, stacked as ``vectors`` and laid out as they are.
         """
         check_stacked(vectors, self.like)
         if batch_size is not None:
             batch_size = check_count(batch_size, "batch_size", "matmat")
-        return _eager.call(_matmat, (batch_size,), self, (vectors,))
+        vectors = _sharding.tangent_layout(vectors, self.like, stacked=True)
+        batch_size = _sharding.chunk_size(vectors, batch_size)
+        products = _eager.call(_matmat, (batch_size,), self, (vectors,))
+        return _sharding.match_layout(products, vectors)
 
     def as_matrix(self) -> jax.Array:
         """The dense ``(n, n)`` matrix over the flattened vectors (``ravel_pytree`` order).
@@ -105,7 +113,8 @@ class Operator(abc.ABC):
         outputs in all than there are parameters; not for sums, scalings, damping or blocks
         of them, which take the unit vectors). For small problems;
         :func:`jaxhvp.spectrum.diagonal` estimates."""
-        return _eager.call(_unit_diagonal, (batch_size,), self, ())
+        diagonal = _eager.call(_unit_diagonal, (batch_size,), self, ())
+        return _sharding.match_layout(diagonal, self.like)
 
     def exact_diagonal_cost(self) -> int:
         """The products (or vjps) :meth:`exact_diagonal` costs."""
@@ -115,14 +124,17 @@ class Operator(abc.ABC):
         """A ``scipy.sparse.linalg.LinearOperator`` over the flattened vectors."""
         from scipy.sparse.linalg import LinearOperator
 
-        flat, _ = ravel_pytree(self.like)
+        leaves = jax.tree_util.tree_leaves(self.like)
+        n, dtype = _size(leaves), jnp.result_type(*(x.dtype for x in leaves))  # ravel's
 
         def matvec(x: np.ndarray) -> np.ndarray:
-            x = jnp.asarray(np.ravel(x), dtype=flat.dtype)
-            return np.asarray(_eager.call(_apply_flat, (), self, (x,)))
+            return np.asarray(self._flat_mv(jnp.asarray(np.ravel(x), dtype=dtype)))
 
-        n = flat.size
-        return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, dtype=flat.dtype)
+        return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, dtype=dtype)
+
+    def _flat_mv(self, x: jax.Array) -> jax.Array:
+        """``A x`` over the flattened vectors, eagerly (``as_scipy``'s product)."""
+        return _eager.call(_apply_flat, (), self, (x,))
 
     def as_lineax(self, *, psd: bool | None = None) -> Any:
         """A ``lineax`` operator (needs ``pip install lineax``).
@@ -364,18 +376,16 @@ class _LinearMap:
 
 
 def _apply(op: Operator, v: Any) -> Any:
-    return op._product(v)
+    return _sharding.match_layout(op._product(v), op.like)
 
 
 def _apply_flat(op: Operator, x: jax.Array) -> jax.Array:
-    _, unravel = ravel_pytree(op.like)
-    return ravel_pytree(op._product(unravel(x)))[0]
+    _, unravel = _sharding.ravel(op.like)
+    return _sharding.ravel(op._product(unravel(x)))[0]
 
 
 def _matmat(op: Operator, vectors: Any, batch_size: int | None) -> Any:
-    if batch_size is None:
-        return jax.vmap(op._product)(vectors)
-    return lax.map(op._product, vectors, batch_size=batch_size)
+    return _sharding.map_in_chunks(op._product, vectors, batch_size)
 
 
 def _size(tree: Any) -> int:
@@ -388,21 +398,23 @@ def _unit_diagonal(op: Operator, batch_size: int | None) -> Any:
 
 def unit_diagonal(matvec: Callable, like: Any, batch_size: int | None) -> Any:
     """The diagonal of ``matvec`` from its products with the unit vectors; traced."""
-    flat, unravel = ravel_pytree(like)
+    flat, unravel = _sharding.ravel(like)
 
     def entry(i: jax.Array) -> jax.Array:
         e = jnp.zeros_like(flat).at[i].set(1)
-        return ravel_pytree(matvec(unravel(e)))[0][i]
+        return _sharding.ravel(matvec(unravel(e)))[0][i]
 
     indices = jnp.arange(flat.size)
     if batch_size is None:
-        return unravel(jax.vmap(entry)(indices))
-    return unravel(lax.map(entry, indices, batch_size=batch_size))
+        diagonal = jax.vmap(entry)(indices)
+    else:
+        diagonal = lax.map(entry, indices, batch_size=batch_size)
+    return _sharding.match_layout(unravel(diagonal), like)
 
 
 def _as_matrix(op: Operator) -> jax.Array:
-    flat, unravel = ravel_pytree(op.like)
-    columns = jax.vmap(lambda e: ravel_pytree(op._product(unravel(e)))[0])(
+    flat, unravel = _sharding.ravel(op.like)
+    columns = jax.vmap(lambda e: _sharding.ravel(op._product(unravel(e)))[0])(
         jnp.eye(flat.size, dtype=flat.dtype)
     )
     return columns.T

@@ -28,6 +28,7 @@ from jax import lax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from .. import _sharding
 from .._errors import HVPError
 from .._inputs import is_array
 
@@ -138,7 +139,7 @@ def _placed(batches: Any) -> Split:
     """The split of batches whose leaves all put their leading axis on the same mesh axes."""
     splits = set()
     for leaf in jax.tree_util.tree_leaves(batches):
-        sharding = _sharding(leaf)
+        sharding = _sharding.known(leaf)
         if not isinstance(sharding, NamedSharding) or not sharding.spec:
             return NOT_SPLIT
         first = sharding.spec[0]
@@ -150,20 +151,12 @@ def _placed(batches: Any) -> Split:
     return splits.pop() if len(splits) == 1 else NOT_SPLIT
 
 
-def _sharding(leaf: Any) -> Any:
-    if isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer):
-        return leaf.sharding
-    sharding = getattr(jax.typeof(leaf), "sharding", None)  # explicit meshes type it
-    explicit = sharding is not None and sharding.mesh.explicit_axes
-    return sharding if explicit else None
-
-
 def _mesh_with(axes: tuple[str, ...], batches: Any) -> Any:
     context = jax.sharding.get_abstract_mesh()
     if all(a in context.axis_names for a in axes):
         return context
     for leaf in jax.tree_util.tree_leaves(batches):
-        sharding = _sharding(leaf)
+        sharding = _sharding.known(leaf)
         if isinstance(sharding, NamedSharding) and all(a in sharding.mesh.axis_names for a in axes):
             return sharding.mesh
     return None
@@ -216,7 +209,7 @@ def one_batch(
         batch = jax.tree_util.tree_map(lambda x: x[i], batches)
         if not split.axes:
             return _times(fn(operands, batch, i), 1 if mean else count)
-        operands = _varying(operands, split.axes)
+        operands = _sharding.varying(operands, split.axes)
         offset = lax.axis_index(split.axes) * count
         estimate = lax.pmean(fn(operands, batch, offset + i), split.axes)
         return _times(estimate, 1 if mean else count * _axis_size(split.axes))
@@ -235,7 +228,7 @@ def _times(tree: Any, factor: int) -> Any:
 def _scan(fn: Callable, operands: Any, batches: Any, offset: Any, axes: tuple = ()) -> Any:
     shapes = jax.eval_shape(fn, operands, first_batch(batches), 0)
     # the carry varies with the batches it sums
-    zeros = _varying(jax.tree_util.tree_map(_zeros, shapes), axes)
+    zeros = _sharding.varying(jax.tree_util.tree_map(_zeros, shapes), axes)
 
     def add(total: Any, batch_and_index: tuple) -> tuple[Any, None]:
         batch, i = batch_and_index
@@ -260,7 +253,7 @@ def _local_sum(fn: Callable, axes: tuple[str, ...], operands: Any, batches: Any)
     The operands are marked as varying over the axes first: otherwise differentiating
     through them would add a ``psum`` per batch (the transpose of the implicit broadcast).
     """
-    operands = _varying(operands, axes)
+    operands = _sharding.varying(operands, axes)
     offset = lax.axis_index(axes) * num_batches(batches)
     return lax.psum(_scan(fn, operands, batches, offset, axes), axes)
 
@@ -283,27 +276,3 @@ def _over_mesh(local: Callable, split: Split, operands: Any, batches: Any) -> An
 
 def _axis_size(axes: tuple[str, ...]) -> int:
     return math.prod(lax.axis_size(a) for a in axes)
-
-
-def _manual(axes: tuple[str, ...]) -> bool:
-    """Whether the axes are shard_map axes (where values carry their varying axes)."""
-    return all(a in jax.sharding.get_abstract_mesh().manual_axes for a in axes)
-
-
-def _varying(tree: Any, axes: tuple[str, ...]) -> Any:
-    """``tree`` marked as varying over ``axes`` inside a ``shard_map`` (no-op elsewhere)."""
-    if not axes or not _manual(axes):
-        return tree
-
-    def cast(x: Any) -> Any:
-        missing = tuple(a for a in axes if a not in _varying_axes(x))
-        return lax.pcast(x, missing, to="varying") if missing else x
-
-    return jax.tree_util.tree_map(cast, tree)
-
-
-def _varying_axes(x: Any) -> frozenset:
-    aval = jax.typeof(x)
-    if hasattr(aval, "manual_axis_type"):  # JAX >= 0.10
-        return aval.manual_axis_type.varying
-    return getattr(aval, "vma", frozenset())  # JAX 0.9

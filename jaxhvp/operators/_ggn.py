@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .. import _eager
+from .. import _eager, _sharding
 from .._errors import HVPError
 from .._inputs import as_inputs, as_primals_and_tangents
 from .._modes import check_callable
@@ -375,6 +375,7 @@ def _build(
         value, grad = _eager.call(
             _value_and_grad, template, funcs, (spec.primals, batches), jit=jit
         )
+        grad = _sharding.match_layout(grad, spec.primals)
     psd = getattr(curvature, "convex", True)
     return GGNOperator(value, grad, spec.primals, batches, key, product, kind, spec.is_tuple, psd)
 

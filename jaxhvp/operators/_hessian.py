@@ -10,7 +10,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .. import _eager
+from .. import _eager, _sharding
 from .._errors import HVPError
 from .._inputs import Inputs, as_inputs
 from .._modes import AUTO, MODE_NAMES, MODES, check_callable, resolve_mode, scalar_fn
@@ -110,7 +110,8 @@ def hessian_operator(
         ``jax.set_mesh``) and inside a ``shard_map`` over that axis (the batches are then
         the local ones).
       mode: ``"fwd-rev"`` (default), ``"rev-rev"``, ``"rev-fwd"`` or ``"auto"``, as in
-        :func:`jaxhvp.hvp`; for ``"auto"`` the products of each mode are timed.
+        :func:`jaxhvp.hvp`; for ``"auto"`` the products of each mode are timed (and the
+        choice agreed across processes, as in :func:`jaxhvp.hvp`).
       has_aux: whether ``func`` returns ``(output, aux)``; ``aux`` is ``op.aux``.
       jit: as in :func:`jaxhvp.hvp`.
 
@@ -153,6 +154,7 @@ def _linearize(func: Callable, inputs: Any, compose: Callable, has_aux: bool) ->
     _, linear, (grad, (value, aux)) = jax.linearize(
         lambda v: compose(scalar, spec.primals, v), zeros, has_aux=True
     )
+    grad = _sharding.match_layout(grad, spec.primals)  # the vectors' layout: the inputs'
     return HessianOperator(value, grad, aux, linear, MODE_NAMES[compose], spec.is_tuple)
 
 
@@ -243,6 +245,7 @@ def batch_hessian(
     product = MeanProduct(loss, compose, spec.is_tuple, positions, block_tree, split)
     options = (spec.is_tuple, positions, block_tree, split)
     value, grad = _eager.call(_mean_value_and_grad, options, loss, (spec.primals, batches), jit=jit)
+    grad = _sharding.match_layout(grad, product.block(spec.primals))
     linear = jax.tree_util.Partial(product, spec.primals, batches)
     return HessianOperator(value, grad, None, linear, MODE_NAMES[compose], type(grad) is tuple)
 

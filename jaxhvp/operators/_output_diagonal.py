@@ -21,15 +21,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.flatten_util import ravel_pytree
+
+from .._sharding import ravel
 
 
 def full_batch(model: Callable, apply: Callable, params: Any, batch: Any, key: Any) -> Any:
     """``diag(J^T C J)`` with ``C`` formed densely over all the batch's outputs."""
     f, vjp = jax.vjp(lambda p: model(p, batch), params)
-    flat_f, unravel = ravel_pytree(f)
+    flat_f, unravel = ravel(f)
     wide = _wide(flat_f.dtype)
-    dense = jax.vmap(lambda e: ravel_pytree(apply(f, batch, key, unravel(e)))[0])(
+    dense = jax.vmap(lambda e: ravel(apply(f, batch, key, unravel(e)))[0])(
         jnp.eye(flat_f.size, dtype=flat_f.dtype)
     ).astype(wide)
     lam, q = jnp.linalg.eigh((dense + dense.T) / 2)
@@ -75,7 +76,9 @@ def per_example(model: Callable, apply: Callable, params: Any, batch: Any, key: 
         lambda e: rows(apply(f, batch, key, unrows(jnp.broadcast_to(e, (count, slots)))))
     )(jnp.eye(slots, dtype=dtype))  # (slot j, example, slot i)
     blocks = jnp.transpose(columns, (1, 2, 0)).astype(wide)
-    lam, q = jnp.linalg.eigh((blocks + jnp.swapaxes(blocks, 1, 2)) / 2)
+    # One eigh per example, never a batched one: jaxlib 0.10.2 CPU: batched eigh deadlocks
+    # with >1 device.
+    lam, q = lax.map(jnp.linalg.eigh, (blocks + jnp.swapaxes(blocks, 1, 2)) / 2)
     block_diagonal = _is_block_diagonal(apply, f, batch, key, rows, unrows, count, slots, dtype)
 
     def add(carry: tuple, example: tuple) -> tuple[tuple, None]:

@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .. import _tree
+from .. import _sharding, _tree
 from .._errors import HVPError
 from ._base import Operator, check_stacked
 from ._data import axis_names
@@ -150,22 +150,14 @@ class StreamedOperator(Operator):
         return self._sum(lambda op: op.matmat(vectors, batch_size))
 
     def as_matrix(self) -> jax.Array:
-        flat, unravel = _tree_ravel(self.like)
+        flat, unravel = _sharding.ravel(self.like)
         units = jax.vmap(unravel)(jnp.eye(flat.size, dtype=flat.dtype))
         columns = self.matmat(units)
-        return jax.vmap(lambda c: _tree_ravel(c)[0])(columns).T
+        return jax.vmap(lambda c: _sharding.ravel(c)[0])(columns).T
 
-    def as_scipy(self) -> Any:
-        from scipy.sparse.linalg import LinearOperator
-
-        flat, unravel = _tree_ravel(self.like)
-
-        def matvec(x: np.ndarray) -> np.ndarray:
-            v = unravel(jnp.asarray(np.ravel(x), dtype=flat.dtype))
-            return np.asarray(_tree_ravel(self.mv(v))[0])
-
-        n = flat.size
-        return LinearOperator((n, n), matvec=matvec, rmatvec=matvec, dtype=flat.dtype)
+    def _flat_mv(self, x: jax.Array) -> jax.Array:
+        _, unravel = _sharding.ravel(self.like)
+        return _sharding.ravel(self.mv(unravel(x)))[0]
 
     def _sum(self, product: Callable) -> Any:
         total = None
@@ -286,9 +278,3 @@ def _size(batch: Any, batch_size_fn: Callable | None, fn_name: str) -> int:
 
 def _add(total: Any, part: Any) -> Any:
     return part if total is None else total + part
-
-
-def _tree_ravel(tree: Any) -> tuple[jax.Array, Callable]:
-    from jax.flatten_util import ravel_pytree
-
-    return ravel_pytree(tree)

@@ -123,9 +123,9 @@ def iterate(
         raise HVPError(msg) from None
     x, fun, jac = solver.result(problem, state)
     return MinimizeResult(
-        x=problem.unravel(x),
+        x=problem.tree(x),
         fun=fun,
-        jac=problem.unravel(jac),
+        jac=problem.tree(jac),
         nit=counts.nit,
         nfev=counts.nfev,
         njev=counts.njev,

@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import _eager
 from .._errors import HVPError
+from .._sharding import match_layout
 from . import _callback
 from ._loop import Solver, iterate
 from ._newton_cg import NEWTON_CG
@@ -152,6 +153,7 @@ def minimize(
             raise TypeError(msg) from error
         if eager_callback:
             result = jax.block_until_ready(result)
+    result = result._replace(x=match_layout(result.x, x0), jac=match_layout(result.jac, x0))
     if throw:
         _raise_if_failed(result.status, solver.NAME)
     return result

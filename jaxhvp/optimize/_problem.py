@@ -13,9 +13,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from .._errors import HVPError
+from .._sharding import match_layout, ravel
 from ..operators import Operator, hessian_operator
 
 
@@ -120,11 +120,16 @@ class Problem:
         hessp: Any = None,
         curvature: Callable | None = None,
     ):
-        self.x0, self.unravel = ravel_pytree(x0)
+        self.x0, self.unravel = ravel(x0)
+        self.like = x0  # the structure and the layout of results
         self.treedef = jax.tree_util.tree_structure(x0)
         self.dtype = self.x0.dtype
         self._fun, self._jac, self._hessp, self._args = fun, jac, hessp, args
         self._curvature = curvature
+
+    def tree(self, x: jax.Array) -> Any:
+        """A flat vector as a result: in the structure of ``x0``, each leaf laid out as x0's."""
+        return match_layout(self.unravel(x), self.like)
 
     # --- the user's functions on flat vectors --------------------------------------------
 
@@ -176,7 +181,7 @@ class Problem:
                     "integer result would drop the derivatives. Return x0's dtype."
                 )
                 raise HVPError(msg)
-        flat, _ = ravel_pytree(tree)
+        flat, _ = ravel(tree)
         return flat.astype(self.dtype)
 
     # --- what the solvers use ------------------------------------------------------------

@@ -16,9 +16,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.flatten_util import ravel_pytree
 
 from .._errors import HVPError
+from .._sharding import replicated_like
 from ._krylov import steihaug_cg, truncated_cg
 from ._problem import Problem, as_floating, check_callable, finite
 from ._result import StepInfo
@@ -99,8 +99,7 @@ def newton_cg_init(params: Any, damping: float = 1.0) -> NewtonCGState:
     Returns:
       A :class:`NewtonCGState`, a pytree.
     """
-    x, _ = ravel_pytree(as_floating(params, "params"))
-    return NewtonCGState(jnp.asarray(_positive("damping", damping), x.dtype))
+    return NewtonCGState(_setting(params, _positive("damping", damping)))
 
 
 def trust_ncg_init(params: Any, radius: float = 1.0) -> TrustNCGState:
@@ -113,8 +112,15 @@ def trust_ncg_init(params: Any, radius: float = 1.0) -> TrustNCGState:
     Returns:
       A :class:`TrustNCGState`, a pytree.
     """
-    x, _ = ravel_pytree(as_floating(params, "params"))
-    return TrustNCGState(jnp.asarray(_positive("radius", radius), x.dtype))
+    return TrustNCGState(_setting(params, _positive("radius", radius)))
+
+
+def _setting(params: Any, value: float) -> jax.Array:
+    """``value`` in the dtype of the flattened parameters, replicated where they are (so that
+    the state a step returns is laid out as the one it was given)."""
+    leaves = jax.tree_util.tree_leaves(as_floating(params, "params"))
+    dtype = jnp.result_type(*(x.dtype for x in leaves))
+    return replicated_like(jnp.asarray(value, dtype), leaves)
 
 
 def _setup(
@@ -213,7 +219,8 @@ def newton_cg_step(
     )
     damping = jnp.where(converged, damping, jnp.clip(adjusted, min_damping, max_damping))
     new_x = jnp.where(accepted, x + cg.p, x)
-    return problem.unravel(new_x), NewtonCGState(damping.astype(state.damping.dtype)), info
+    state = NewtonCGState(damping.astype(state.damping.dtype))
+    return problem.tree(new_x), state, info
 
 
 def trust_ncg_step(
@@ -289,4 +296,5 @@ def trust_ncg_step(
     adjusted = new_radius(state.radius, ratio, sub.on_boundary, max_radius)
     radius = jnp.where(converged, state.radius, jnp.clip(adjusted, min_radius, max_radius))
     new_x = jnp.where(accepted, x + sub.p, x)
-    return problem.unravel(new_x), TrustNCGState(radius.astype(state.radius.dtype)), info
+    state = TrustNCGState(radius.astype(state.radius.dtype))
+    return problem.tree(new_x), state, info

@@ -5,7 +5,7 @@ Each Rademacher probe ``z`` gives, by ``krylov_dim`` Lanczos steps, a Gauss quad
 z)^2 / n delta(lambda - lambda_i)``; averaged over probes it estimates the eigenvalue
 density ``phi(lambda) = (1/n) sum_i delta(lambda - lambda_i)``, which is then smoothed with a
 Gaussian kernel of width ``sigma`` (Lin, Saad and Yang, 2016; Ghorbani, Krishnan and Xiao,
-2019; PyHessian's ``density``). The Lanczos kernel is ``_lanczos.quadrature`` (see there why
+2019; PyHessian's ``density``). The Lanczos kernel is ``_lanczos.projection`` (see there why
 it is not matfree's).
 """
 
@@ -164,12 +164,13 @@ def _density(
 ) -> Density:
     flat = FlatOperator(matvec, like, _NAME)
 
-    def one(probe_key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def one(probe_key: jax.Array) -> jax.Array:
         start_key, lanczos_key = jax.random.split(probe_key)
         v0 = rademacher(start_key, flat.n, flat.dtype)
-        return _lanczos.quadrature(flat, v0, krylov_dim, lanczos_key)
+        return _lanczos.projection(flat, v0, krylov_dim, lanczos_key)
 
-    nodes, weights = map_probes(one, jax.random.split(key, num_probes), batch_size)
+    projections = map_probes(one, jax.random.split(key, num_probes), batch_size)
+    nodes, weights = _lanczos.quadrature(projections)
     low, high = jnp.min(nodes), jnp.max(nodes)
     if sigma is None:
         # Nodes closer than rounding (a repeated eigenvalue) must not give a kernel narrower

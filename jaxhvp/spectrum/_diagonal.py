@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from .._errors import HVPError
+from .._sharding import match_layout
 from .._validate import check_choice, check_count, check_key
 from ..operators import Operator
 from ..operators._base import unit_diagonal
@@ -106,6 +107,7 @@ def diagonal(
         else:
             FlatOperator(matvec, like, _NAME)  # checks the output's structure
             value, cost = compiled_call(unit_diagonal, (batch_size,), matvec, (like,)), None
+        value = match_layout(value, like)
         zeros = jax.tree_util.tree_map(jnp.zeros_like, value)
         cost = sum(x.size for x in jax.tree_util.tree_leaves(like)) if cost is None else cost
         return DiagonalEstimate(value, zeros, jnp.asarray(cost))
@@ -117,7 +119,10 @@ def diagonal(
         raise TypeError(msg)
     key = check_key(key, _NAME)
     num_probes = check_count(num_probes, "num_probes", _NAME, minimum=_MINIMUM_PROBES[method])
-    return compiled_call(_ESTIMATORS[method], (num_probes, batch_size), matvec, (like, key))
+    estimate = compiled_call(_ESTIMATORS[method], (num_probes, batch_size), matvec, (like, key))
+    return estimate._replace(
+        value=match_layout(estimate.value, like), stderr=match_layout(estimate.stderr, like)
+    )
 
 
 def _hutchinson(
@@ -160,7 +165,7 @@ def _estimate(
     flat: FlatOperator, value: jax.Array, samples: jax.Array, num_probes: int
 ) -> DiagonalEstimate:
     stderr = jnp.std(samples, axis=0, ddof=1) / jnp.sqrt(samples.shape[0])
-    return DiagonalEstimate(flat.unravel(value), flat.unravel(stderr), jnp.asarray(num_probes))
+    return DiagonalEstimate(flat.tree(value), flat.tree(stderr), jnp.asarray(num_probes))
 
 
 _ESTIMATORS: dict[str, Callable] = {"hutchinson": _hutchinson, "diag++": _diag_plus_plus}

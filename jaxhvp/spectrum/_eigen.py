@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import _eager
 from .._errors import HVPError
+from .._sharding import match_layout
 from .._validate import check_choice, check_count, check_key
 from . import _lanczos
 from ._operand import (
@@ -171,8 +172,8 @@ def eigenvalues(
         max_matvecs=jnp.asarray(max_matvecs, jnp.int32),
     )
     result = compiled_call(_eigen, (k, krylov_dim), matvec, (like, key, settings))
-    if not return_vectors:
-        result = result._replace(vectors=None)
+    vectors = match_layout(result.vectors, like, stacked=True) if return_vectors else None
+    result = result._replace(vectors=vectors)
     if throw and not bool(jnp.all(result.converged)):
         msg = (
             f"{_NAME} did not converge to tol = {tol or 'sqrt(eps)'} relative to "

@@ -1,9 +1,10 @@
 """The Lanczos kernel: full reorthogonalisation, breakdown handling, thick restarts.
 
 One kernel serves both the extreme eigenpairs (:func:`eigsh`, thick-restarted until the Ritz
-residuals meet a tolerance) and stochastic Lanczos quadrature (:func:`quadrature`, one
-cycle per probe). It is written here rather than taken from ``matfree`` (which the trace
-estimators use) for two reasons, both checked against matfree 0.6.3:
+residuals meet a tolerance) and stochastic Lanczos quadrature (:func:`projection`, one
+cycle per probe, then :func:`quadrature`). It is written here rather than taken from
+``matfree`` (which the trace estimators use) for two reasons, both checked against matfree
+0.6.3:
 
 * ``matfree.decomp.tridiag_sym`` runs a fixed number of steps from one vector and returns
   no residual: there is no way to continue or restart it until a tolerance is met
@@ -115,9 +116,14 @@ def _normalise(u: jax.Array) -> jax.Array:
 
 def ritz_pairs(krylov: Krylov) -> tuple[jax.Array, jax.Array]:
     """Eigenvalues (ascending) and eigenvectors of the symmetrised projection."""
+    return jnp.linalg.eigh(symmetric_projection(krylov))
+
+
+def symmetric_projection(krylov: Krylov) -> jax.Array:
+    """``(m, m)``: the projected operator ``V^T A V``, symmetrised."""
     m = krylov.proj.shape[1]
     t = krylov.proj[:m]
-    return jnp.linalg.eigh(0.5 * (t + t.T))
+    return 0.5 * (t + t.T)
 
 
 WHICH = ("largest", "smallest", "magnitude")
@@ -226,15 +232,20 @@ def eigsh(
     return Ritz(values, ritz_vectors, residuals, scale, state.matvecs + k)
 
 
-def quadrature(
-    matvec: Callable, v0: jax.Array, krylov_dim: int, key: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """Gauss quadrature nodes and weights of ``v0``'s spectral measure (one Lanczos cycle).
+def projection(matvec: Callable, v0: jax.Array, krylov_dim: int, key: jax.Array) -> jax.Array:
+    """``(m, m)``: the operator projected on ``v0``'s Krylov basis (one Lanczos cycle)."""
+    return symmetric_projection(extend(matvec, start(v0, krylov_dim), 0, key))
 
-    The weights are the squared first components of the tridiagonal matrix's eigenvectors:
-    they sum to 1, and ``sum_j w_j f(theta_j)`` approximates ``u^T f(A) u`` for
-    ``u = v0 / ||v0||``, exactly for polynomials of degree below ``2 krylov_dim``.
+
+def quadrature(projections: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Gauss quadrature nodes and weights from a stack of :func:`projection` matrices.
+
+    The weights are the squared first components of each matrix's eigenvectors: they sum
+    to 1, and ``sum_j w_j f(theta_j)`` approximates ``u^T f(A) u`` for ``u = v0 / ||v0||``,
+    exactly for polynomials of degree below ``2 krylov_dim``.
     """
-    krylov = extend(matvec, start(v0, krylov_dim), 0, key)
-    nodes, vectors = ritz_pairs(krylov)
-    return nodes, vectors[0] ** 2
+    # One eigh per matrix, never a batched one: jaxlib 0.10.2 CPU: batched eigh deadlocks
+    # with >1 device (every device's thread waits in LAPACK's batch thread pool). The
+    # results are the same, bit for bit.
+    nodes, vectors = lax.map(jnp.linalg.eigh, projections)
+    return nodes, vectors[:, 0] ** 2

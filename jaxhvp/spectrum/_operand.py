@@ -19,10 +19,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
-from jax.flatten_util import ravel_pytree
 
-from .. import _eager, _tree
+from .. import _eager, _sharding, _tree
 from .._errors import HVPError
 from .._validate import check_count
 from ..operators import Operator
@@ -72,7 +70,7 @@ def _as_arrays(like: Any, fn_name: str) -> Any:
     for path, leaf in leaves:
         where = f"like{jax.tree_util.keystr(path)}"
         if isinstance(leaf, jax.ShapeDtypeStruct):
-            leaf = jnp.zeros(leaf.shape, leaf.dtype)
+            leaf = jnp.zeros(leaf.shape, leaf.dtype, device=leaf.sharding)
         elif isinstance(leaf, (jax.Array, np.ndarray)):
             leaf = jnp.asarray(leaf)
         else:
@@ -103,13 +101,18 @@ class FlatOperator:
     """``matvec`` seen over flat vectors of ``like``'s ``ravel_pytree`` order; traced only."""
 
     def __init__(self, matvec: Callable, like: Any, fn_name: str) -> None:
-        flat, self.unravel = ravel_pytree(like)
+        flat, self.unravel = _sharding.ravel(like)
         self.n, self.dtype = flat.size, flat.dtype
-        self._matvec = matvec
+        self.zeros = jnp.zeros_like(flat)  # the flat vectors' ``like``
+        self._matvec, self._like = matvec, like
         _check_output(matvec, like, fn_name)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        return ravel_pytree(self._matvec(self.unravel(x)))[0].astype(self.dtype)
+        return _sharding.ravel(self._matvec(self.unravel(x)))[0].astype(self.dtype)
+
+    def tree(self, x: jax.Array) -> Any:
+        """A flat vector as a result: the pytree of ``like``, each leaf laid out as like's."""
+        return _sharding.match_layout(self.unravel(x), self._like)
 
     def stacked(self, rows: jax.Array) -> Any:
         """Flat vectors stacked on axis 0 as the pytree of ``like``, each leaf stacked."""
@@ -129,10 +132,9 @@ def _check_output(matvec: Callable, like: Any, fn_name: str) -> None:
 
 
 def map_probes(fn: Callable, xs: Any, batch_size: int | None) -> Any:
-    """``fn`` over the leading axis of ``xs``: all at once (``vmap``) or in chunks (``lax.map``)."""
-    if batch_size is None:
-        return jax.vmap(fn)(xs)
-    return lax.map(fn, xs, batch_size=batch_size)
+    """``fn`` over the leading axis of ``xs``: all at once (``vmap``) or in chunks (``lax.map``
+    over chunks that keep a sharded axis's rows on their devices)."""
+    return _sharding.map_in_chunks(fn, xs, batch_size)
 
 
 def rademacher(key: jax.Array, n: int, dtype: Any) -> jax.Array:

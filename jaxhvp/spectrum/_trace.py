@@ -1,11 +1,13 @@
 """``trace``: Hutchinson, Hutch++ and XTrace estimates of a Hessian's trace, with errors.
 
 Hutchinson's estimator uses ``matfree``'s Rademacher sampler and trace integrand on the
-operator's own pytree, one probe per key, so a chunk of probes is exactly the same probes
-whatever the chunk size. Hutch++ (Meyer, Musco, Musco and Woodruff, 2021) is written here:
-matfree does not provide it; its nearest relative there, XTrace
-(``matfree.stochtrace.leave_one_out_xtrace``, offered as ``method="xtrace"``), applies the
-operator to all probes at once (a ``vmap``), so it cannot bound memory by chunks.
+operator seen over flat vectors (matfree flattens a pytree the same way, so the probes are
+the same; the flat view also works where the leaves carry explicit shardings), one probe per
+key, so a chunk of probes is exactly the same probes whatever the chunk size. Hutch++
+(Meyer, Musco, Musco and Woodruff, 2021) is written here: matfree does not provide it; its
+nearest relative there, XTrace (``matfree.stochtrace.leave_one_out_xtrace``, offered as
+``method="xtrace"``), applies the operator to all probes at once (a ``vmap``), so it cannot
+bound memory by chunks.
 """
 
 from __future__ import annotations
@@ -147,13 +149,12 @@ def _hutchinson(
 ) -> TraceEstimate:
     from matfree import stochtrace
 
-    FlatOperator(matvec, like, _NAME)  # checks the output's structure
+    flat = FlatOperator(matvec, like, _NAME)  # matfree samples flat vectors and unravels them
     integrand = stochtrace.monte_carlo_trace()
-    sampler = stochtrace.sampler_signs(like, num=1)
+    sampler = stochtrace.sampler_signs(flat.zeros, num=1)
 
     def one(probe_key: jax.Array) -> jax.Array:
-        probe = jax.tree_util.tree_map(lambda x: x[0], sampler(probe_key))
-        return integrand(matvec, probe)
+        return integrand(flat, sampler(probe_key)[0])
 
     samples = map_probes(one, jax.random.split(key, num_probes), batch_size)
     return TraceEstimate(jnp.mean(samples), _stderr(samples), jnp.asarray(num_probes))
@@ -189,9 +190,9 @@ def _xtrace(
 
     flat = FlatOperator(matvec, like, _NAME)
     estimate = stochtrace.estimator_leave_one_out_mean_and_sem(
-        stochtrace.leave_one_out_xtrace(), stochtrace.sampler_normal(like, num=num_probes)
+        stochtrace.leave_one_out_xtrace(), stochtrace.sampler_normal(flat.zeros, num=num_probes)
     )
-    value, stderr = estimate(matvec, key)
+    value, stderr = estimate(flat, key)
     materialised = 2 * num_probes >= flat.n
     num_matvecs = flat.n if materialised else 2 * num_probes
     return TraceEstimate(value, stderr, jnp.asarray(num_matvecs))
