@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from . import _eager
+from . import _eager, _sharding
 from ._errors import HVPError
 from ._modes import check_callable
 from ._validate import check_choice, check_count
@@ -224,6 +224,7 @@ def _influence(
         _, along = jax.linearize(lambda p: losses(p, batch), params)
         return carry, jax.vmap(along)(factors)  # (num_test, batch_size)
 
+    batches = _sharding.gather_leading(batches)  # scanned: whole on every device
     _, values = lax.scan(batch_values, None, batches)  # (num_batches, num_test, batch_size)
     values = -jnp.moveaxis(values, 0, 1).reshape(values.shape[1], -1)
     return Influence(values, factors, info)

@@ -106,6 +106,8 @@ def _map_layout(tree: Any, like: Any, stacked: bool, lead: Any, explicit_only: b
         if explicit_only and explicit is None:
             return x
         if _is_concrete(x) and _is_concrete(ref):
+            if not isinstance(ref.sharding, NamedSharding):  # not placed on a mesh: any
+                return x  # layout serves (moving x to ref's device could split an operator)
             target = _stacked(ref.sharding, lead) if stacked else ref.sharding
             if target is None or x.sharding.is_equivalent_to(target, x.ndim):
                 return x
@@ -232,6 +234,35 @@ def map_in_chunks(fn: Callable, xs: Any, batch_size: int | None) -> Any:
     return jax.tree_util.tree_map(join, out)
 
 
+def without_axes(tree: Any, axes: tuple[str, ...]) -> Any:
+    """Leaves with an explicit sharding over any of ``axes`` resharded to drop those axes
+    (replicated over them), as a ``shard_map`` over ``axes`` with ``P()`` needs."""
+
+    def drop(x: Any) -> Any:
+        sharding = explicit_sharding(x)
+        if sharding is None or not set(axes) & {a for e in sharding.spec for a in _axes(e)}:
+            return x
+        spec = [tuple(a for a in _axes(e) if a not in axes) or None for e in sharding.spec]
+        spec = [e[0] if isinstance(e, tuple) and len(e) == 1 else e for e in spec]
+        return _reshard(x, NamedSharding(sharding.mesh, PartitionSpec(*spec)))
+
+    return jax.tree_util.tree_map(drop, tree)
+
+
+def gather_leading(tree: Any) -> Any:
+    """Leaves whose leading axis an explicit mesh splits, resharded to keep it whole: a
+    ``lax.scan`` (or an index) over that axis needs it (explicit meshes refuse otherwise)."""
+
+    def whole(x: Any) -> Any:
+        sharding = explicit_sharding(x)
+        if sharding is None or not sharding.spec or sharding.spec[0] is None:
+            return x
+        spec = PartitionSpec(None, *sharding.spec[1:])
+        return _reshard(x, NamedSharding(sharding.mesh, spec))
+
+    return jax.tree_util.tree_map(whole, tree)
+
+
 # --- shard_map axes ----------------------------------------------------------------------
 
 
@@ -252,6 +283,15 @@ def varying(tree: Any, axes: tuple[str, ...]) -> Any:
         return lax.pcast(x, missing, to="varying") if missing else x
 
     return jax.tree_util.tree_map(cast, tree)
+
+
+def vary_like(tree: Any, others: Any) -> Any:
+    """``tree`` marked as varying over every ``shard_map`` axis a leaf of ``others`` varies
+    over (a sum's zeros, before it adds values computed from ``others``)."""
+    axes = set()
+    for x in jax.tree_util.tree_leaves(others):
+        axes |= _varying_axes(x)
+    return varying(tree, tuple(sorted(axes)))
 
 
 def _varying_axes(x: Any) -> frozenset:

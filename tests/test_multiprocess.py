@@ -9,6 +9,7 @@ process on the same global problem.
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -159,17 +160,24 @@ def _free_port():
 
 
 def _start_workers(out):
+    script = Path(worker.__file__)
+    return _spawn(out, lambda i, port: [str(script), str(i), str(port), str(out)])
+
+
+def _spawn(out, arguments, cwd=None):
+    """Starts the processes ``python *arguments(i, port)``, 4 CPU devices each, logging to
+    ``out/process{i}.log``."""
     flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f]
     flags.append(f"--xla_force_host_platform_device_count={worker.LOCAL_DEVICES}")
     env = {**os.environ, "XLA_FLAGS": " ".join(flags), "JAX_PLATFORMS": "cpu"}
-    port, script = _free_port(), Path(worker.__file__)
+    port = _free_port()
     logs = [out / f"process{i}.log" for i in range(worker.NUM_PROCESSES)]
     processes = []
     for i, log in enumerate(logs):
         with log.open("w") as stream:
-            command = [sys.executable, str(script), str(i), str(port), str(out)]
+            command = [sys.executable, *arguments(i, port)]
             processes.append(
-                subprocess.Popen(command, env=env, stdout=stream, stderr=subprocess.STDOUT)
+                subprocess.Popen(command, cwd=cwd, env=env, stdout=stream, stderr=subprocess.STDOUT)
             )
     return processes, logs
 
@@ -231,3 +239,16 @@ def _dense(glob):
     flat, unravel = ravel_pytree(params)
     hessian = jax.hessian(lambda p: worker.loss(unravel(p), data["x"], data["y"]))(flat)
     return unravel(hessian @ ravel_pytree(v)[0])
+
+
+@pytest.mark.slow
+def test_the_documented_multihost_program_runs(tmp_path):
+    """docs/sharding.md's complete two-process program, run as written."""
+    page = (Path(__file__).parents[1] / "docs" / "sharding.md").read_text()
+    script = re.search(r'^```python title="multihost.py"\n(.*?)^```', page, re.S | re.M)[1]
+    (tmp_path / "multihost.py").write_text(script)
+    processes, logs = _spawn(
+        tmp_path, lambda i, port: ["multihost.py", str(i), str(port)], tmp_path
+    )
+    _wait(processes, logs, time.monotonic() + WORKER_TIMEOUT_S)
+    assert re.search(r"solve: .*; top eigenvalue \d+\.\d{4}", logs[0].read_text())

@@ -13,6 +13,7 @@ import scipy.sparse.linalg
 from conftest import assert_trees_close
 
 import jaxhvp
+import jaxhvp.spectrum
 from jaxhvp.operators import stream
 
 rng = np.random.default_rng(0)
@@ -102,8 +103,13 @@ def test_traced_uses_are_refused_with_the_fix():
     op = jaxhvp.hessian_operator(loss, p, batches=stream(LOADER))
     with pytest.raises(jaxhvp.HVPError, match="stacked on a leading axis"):
         jaxhvp.solve(op, p)
-    with pytest.raises(jaxhvp.HVPError, match="computes products eagerly"):
+    with pytest.raises(jaxhvp.HVPError, match="cannot be traced"):
         jax.jit(lambda op, v: op._product(v))(op, p)
+    with pytest.raises(jaxhvp.HVPError, match="cannot be traced"):  # the data not baked in
+        jaxhvp.spectrum.eigenvalues(op, key=jax.random.key(0))
+    for combined in (op + 0.1, op + op, op.block(lambda q: q["b"])):
+        with pytest.raises(jaxhvp.HVPError, match="nor inside a sum, a damping or a block"):
+            combined @ jax.tree_util.tree_map(jnp.ones_like, combined.like)
 
 
 def test_stream_errors():
@@ -117,6 +123,11 @@ def test_stream_errors():
         jaxhvp.hessian_operator(loss, params(), batches=stream(LOADER, num_data=24))
     with pytest.raises(jaxhvp.HVPError, match="yielded no batches"):
         jaxhvp.hessian_operator(loss, params(), batches=stream([]))
+    odd = [({"scale": np.ones(1), "x": x}, y) for x, y in LOADER]
+    with pytest.raises(jaxhvp.HVPError, match="its number of examples is not known"):
+        jaxhvp.hessian_operator(
+            lambda p, b: loss(p, (b[0]["x"], b[1])), params(), batches=stream(odd)
+        )
     with pytest.raises(jaxhvp.HVPError, match="needs the parameters placed on a mesh"):
         jaxhvp.hessian_operator(loss, params(), batches=stream(LOADER), data_axis="data")
 

@@ -69,8 +69,9 @@ def check_batches(batches: Any, fn_name: str) -> Any:
 
 
 def first_batch(batches: Any) -> Any:
-    """Batch 0 (``None`` without batches): what a function is traced on for its shapes."""
-    return None if batches is None else jax.tree_util.tree_map(lambda x: x[0], batches)
+    """Batch 0's shapes and dtypes (``None`` without batches): what a function is traced on
+    for its output's shapes (no indexing: a leading axis split on a mesh stays as it is)."""
+    return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), batches)
 
 
 def num_batches(batches: Any) -> int:
@@ -84,8 +85,9 @@ def num_batches(batches: Any) -> int:
 class Split:
     """Static: the mesh axes the batches' leading axis is split over (none: one place).
 
-    ``mesh`` is the mesh to ``shard_map`` over when a product is traced outside a
-    ``shard_map`` over ``axes`` (``None``: the mesh set with ``jax.set_mesh`` then).
+    ``mesh`` (concrete, or abstract when found while tracing) is the mesh to ``shard_map``
+    over when a product is traced outside a ``shard_map`` over ``axes``; the mesh set with
+    ``jax.set_mesh`` then takes precedence.
     """
 
     axes: tuple[str, ...] = ()
@@ -121,7 +123,7 @@ def split_of(batches: Any, data_axis: Any, fn_name: str) -> Split:
             f"{num_batches(batches)}. Regroup the data into a multiple of {size} batches."
         )
         raise HVPError(msg)
-    return Split(axes, mesh if isinstance(mesh, jax.sharding.Mesh) else None)
+    return Split(axes, mesh)
 
 
 def axis_names(data_axis: Any, fn_name: str) -> tuple[str, ...]:
@@ -146,8 +148,7 @@ def _placed(batches: Any) -> Split:
         if first is None:
             return NOT_SPLIT
         axes = (first,) if isinstance(first, str) else tuple(first)
-        mesh = sharding.mesh
-        splits.add(Split(axes, mesh if isinstance(mesh, jax.sharding.Mesh) else None))
+        splits.add(Split(axes, sharding.mesh))
     return splits.pop() if len(splits) == 1 else NOT_SPLIT
 
 
@@ -186,7 +187,7 @@ def reduce_batches(
     """
     count = num_batches(batches)
     if not split.axes:
-        total = _scan(fn, operands, batches, 0)
+        total = _scan(fn, operands, _sharding.gather_leading(batches), 0)
     elif _bound(split.axes):
         count *= _axis_size(split.axes)
         total = _local_sum(fn, split.axes, operands, batches)
@@ -214,7 +215,9 @@ def one_batch(
         estimate = lax.pmean(fn(operands, batch, offset + i), split.axes)
         return _times(estimate, 1 if mean else count * _axis_size(split.axes))
 
-    if not split.axes or _bound(split.axes):
+    if not split.axes:
+        return local(operands, _sharding.gather_leading(batches))
+    if _bound(split.axes):
         return local(operands, batches)
     return _over_mesh(local, split, operands, batches)
 
@@ -227,8 +230,10 @@ def _times(tree: Any, factor: int) -> Any:
 
 def _scan(fn: Callable, operands: Any, batches: Any, offset: Any, axes: tuple = ()) -> Any:
     shapes = jax.eval_shape(fn, operands, first_batch(batches), 0)
-    # the carry varies with the batches it sums
-    zeros = _sharding.varying(jax.tree_util.tree_map(_zeros, shapes), axes)
+    # the carry varies with the batches it sums (over the split axes, or over the axes of
+    # a caller's shard_map whose local batches these are)
+    zeros = jax.tree_util.tree_map(_zeros, shapes)
+    zeros = _sharding.varying(zeros, axes) if axes else _sharding.vary_like(zeros, batches)
 
     def add(total: Any, batch_and_index: tuple) -> tuple[Any, None]:
         batch, i = batch_and_index
@@ -264,6 +269,7 @@ def _over_mesh(local: Callable, split: Split, operands: Any, batches: Any) -> An
     if all(a in context.axis_names for a in split.axes):
         mesh = context
     spec = P(split.axes if len(split.axes) > 1 else split.axes[0])
+    operands = _sharding.without_axes(operands, split.axes)  # P(): whole on each device
     mapped = jax.shard_map(
         local,
         mesh=mesh,

@@ -252,7 +252,7 @@ class GGNProduct:
 
     def output_size(self, params: Any, batches: Any) -> int:
         """The number of outputs of one batch: the vjps an exact diagonal costs per batch."""
-        shape = jax.eval_shape(lambda: self.model(params, first_batch(batches)))
+        shape = jax.eval_shape(self.model, params, first_batch(batches))
         return sum(x.size for x in jax.tree_util.tree_leaves(shape))
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from .. import _sharding, _tree
+from .. import _eager, _sharding, _tree
 from .._errors import HVPError
 from ._base import Operator, check_stacked
 from ._data import axis_names
@@ -132,10 +132,12 @@ class StreamedOperator(Operator):
 
     def _product(self, v: Any) -> Any:
         msg = (
-            "An operator that streams its batches from a host iterable computes products "
-            "eagerly (op @ v, op.matmat, op.as_scipy()); it cannot be traced by jax.jit, a "
-            "lax loop, jaxhvp.solve or jaxhvp.spectrum. Give those the batches stacked on "
-            "a leading axis (placed on a mesh for data parallelism)."
+            "An operator that streams its batches from a host iterable computes its products "
+            "itself, eagerly (op @ v, op.matmat, op.as_matrix(), op.as_scipy()); they cannot "
+            "be traced: not by jax.jit, a lax loop, jaxhvp.solve or jaxhvp.spectrum, nor "
+            "inside a sum, a "
+            "damping or a block of it (op + 0.1, op.block(...)). For those, give the batches "
+            "stacked on a leading axis (placed on a mesh for data parallelism)."
         )
         raise HVPError(msg)
 
@@ -143,11 +145,11 @@ class StreamedOperator(Operator):
         return self.template._user_function()
 
     def mv(self, v: Any) -> Any:
-        return self._sum(lambda op: op.mv(v))
+        return self._sum(lambda op: op.mv(v), v)
 
     def matmat(self, vectors: Any, batch_size: int | None = None) -> Any:
         check_stacked(vectors, self.like)
-        return self._sum(lambda op: op.matmat(vectors, batch_size))
+        return self._sum(lambda op: op.matmat(vectors, batch_size), vectors)
 
     def as_matrix(self) -> jax.Array:
         flat, unravel = _sharding.ravel(self.like)
@@ -159,7 +161,9 @@ class StreamedOperator(Operator):
         _, unravel = _sharding.ravel(self.like)
         return _sharding.ravel(self.mv(unravel(x)))[0]
 
-    def _sum(self, product: Callable) -> Any:
+    def _sum(self, product: Callable, vectors: Any) -> Any:
+        if not _eager.is_eager((vectors,)):  # traced: the loader's data would be baked in
+            self._product(vectors)  # raises, saying what to do
         total = None
         for index, batch in enumerate(self.source.iterable):
             stacked, size = self.placement(batch)
@@ -266,14 +270,16 @@ def split_over(mesh: Any, axes: tuple[str, ...]) -> Callable:
 def _size(batch: Any, batch_size_fn: Callable | None, fn_name: str) -> int:
     if batch_size_fn is not None:
         return int(batch_size_fn(batch))
-    leaves = jax.tree_util.tree_leaves(batch)
-    if not leaves or np.ndim(leaves[0]) < 1:
+    lengths = {np.shape(x)[0] if np.ndim(x) else None for x in jax.tree_util.tree_leaves(batch)}
+    if len(lengths) != 1 or None in lengths:
         msg = (
-            f"Each batch of the stream given to {fn_name} needs the examples on the leading "
-            "axis of its first leaf (or pass stream(..., batch_size_fn=...))."
+            f"A batch of the stream given to {fn_name} has leading lengths "
+            f"{sorted(map(str, lengths))}, so its number of examples is not known: give "
+            "every leaf the examples on its leading axis, or pass stream(..., "
+            "batch_size_fn=lambda batch: ...)."
         )
         raise HVPError(msg)
-    return int(np.shape(leaves[0])[0])
+    return int(lengths.pop())
 
 
 def _add(total: Any, part: Any) -> Any:
