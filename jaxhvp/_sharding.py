@@ -36,6 +36,8 @@ from jax.experimental.shard_alike import shard_alike
 from jax.flatten_util import ravel_pytree
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
+from ._eager._jax import ARRAY_TYPE
+
 
 def explicit_sharding(x: Any) -> NamedSharding | None:
     """The sharding ``x``'s type carries on a mesh with explicit axes, else None."""
@@ -101,13 +103,16 @@ def tangent_layout(tree: Any, like: Any, *, stacked: bool = False) -> Any:
 
 
 def _map_layout(tree: Any, like: Any, stacked: bool, lead: Any, explicit_only: bool) -> Any:
+    if all(map(_unplaced, jax.tree_util.tree_leaves(like))):
+        return tree  # nothing on a mesh (the common eager call): nothing to read or move
+
     def put(x: Any, ref: Any) -> Any:
+        if _unplaced(ref):  # moving x to ref's one device could split an operator's leaves
+            return x
         explicit = explicit_sharding(ref)
         if explicit_only and explicit is None:
             return x
         if _is_concrete(x) and _is_concrete(ref):
-            if not isinstance(ref.sharding, NamedSharding):  # not placed on a mesh: any
-                return x  # layout serves (moving x to ref's device could split an operator)
             target = _stacked(ref.sharding, lead) if stacked else ref.sharding
             if target is None or x.sharding.is_equivalent_to(target, x.ndim):
                 return x
@@ -299,6 +304,12 @@ def _varying_axes(x: Any) -> frozenset:
     if hasattr(aval, "manual_axis_type"):  # JAX >= 0.10
         return aval.manual_axis_type.varying
     return getattr(aval, "vma", frozenset())  # JAX 0.9
+
+
+def _unplaced(ref: Any) -> bool:
+    """A concrete array not placed on a mesh: it asks no layout of anything. (By exact
+    type: on every eager call's path, and ``isinstance(x, jax.Array)`` costs more.)"""
+    return type(ref) is ARRAY_TYPE and not isinstance(ref.sharding, NamedSharding)
 
 
 def _is_concrete(x: Any) -> bool:
