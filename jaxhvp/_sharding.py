@@ -173,6 +173,16 @@ def _reshard(x: Any, sharding: NamedSharding | None) -> Any:
     return jax.sharding.reshard(x, sharding)
 
 
+def mesh_of(tree: Any, axes: tuple[str, ...]) -> Any:
+    """The mesh of the first leaf of ``tree`` known to be on a mesh with ``axes`` (a
+    concrete array's, or an explicit type's), else None."""
+    for leaf in jax.tree_util.tree_leaves(tree):
+        sharding = known(leaf)
+        if isinstance(sharding, NamedSharding) and set(axes) <= set(sharding.mesh.axis_names):
+            return sharding.mesh
+    return None
+
+
 def replicated_like(x: jax.Array, like: Any) -> jax.Array:
     """``x`` replicated over the mesh of ``like``'s first leaf that has one (a state scalar
     laid out as a step on ``like`` returns it); unchanged where no leaf has a mesh."""

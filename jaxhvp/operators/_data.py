@@ -156,11 +156,7 @@ def _mesh_with(axes: tuple[str, ...], batches: Any) -> Any:
     context = jax.sharding.get_abstract_mesh()
     if all(a in context.axis_names for a in axes):
         return context
-    for leaf in jax.tree_util.tree_leaves(batches):
-        sharding = _sharding.known(leaf)
-        if isinstance(sharding, NamedSharding) and all(a in sharding.mesh.axis_names for a in axes):
-            return sharding.mesh
-    return None
+    return _sharding.mesh_of(batches, axes)
 
 
 def _bound(axes: tuple[str, ...]) -> bool:

@@ -220,10 +220,9 @@ def placement(data_axis: Any, params: Any, fn_name: str) -> Callable:
     if data_axis is None:
         return stacked_one
     axes = axis_names(data_axis, fn_name)
-    for leaf in jax.tree_util.tree_leaves(params):
-        sharding = getattr(leaf, "sharding", None)
-        if isinstance(sharding, NamedSharding) and all(a in sharding.mesh.axis_names for a in axes):
-            return split_over(sharding.mesh, axes)
+    mesh = _sharding.mesh_of(params, axes)
+    if isinstance(mesh, jax.sharding.Mesh):  # concrete: the batches are placed on it
+        return split_over(mesh, axes)
     msg = (
         f"data_axis={data_axis!r} given to {fn_name} with streamed batches needs the "
         "parameters placed on a mesh with that axis, e.g. jax.device_put(params, "
