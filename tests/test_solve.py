@@ -283,15 +283,22 @@ def test_krylov_iterates_equal_scipys_step_by_step(method):
 
 @pytest.mark.parametrize("tol", [1e-4, 1e-6, 1e-8, 1e-10])
 def test_cg_stops_where_scipys_cg_stops(tol):
-    """Both stop at ``||r_k|| <= tol ||b||`` on the recurrence residual; the counts agree to
-    one step (rounding in the recurrences may cross the threshold one step apart)."""
+    """Both stop at the first ``k`` with ``||r_k|| <= tol ||b||`` on the recurrence residual.
+    The rule is checked exactly on jaxhvp's own trajectory (one step fewer has not met it).
+    Past ``N`` steps rounding, not the Krylov space, shapes both trajectories (and differs
+    with the machine's BLAS), so the counts of the two libraries agree to a few steps."""
     a, b = _symmetric(SPREAD, seed=0), _rhs()
-    x, info = jaxhvp.solve(_quadratic_operator(a), jnp.asarray(b), tol=tol)
+    op = _quadratic_operator(a)
+    x, info = jaxhvp.solve(op, jnp.asarray(b), tol=tol)
     iterates, expected, code = _scipy_iterates(
         scipy.sparse.linalg.cg, a, b, rtol=tol, atol=0.0, maxiter=10 * N
     )
     assert code == 0 and int(info.status) == SolveStatus.SUCCESS
-    assert abs(int(info.iterations) - len(iterates)) <= 1
+    steps = int(info.iterations)
+    _, before = jaxhvp.solve(op, jnp.asarray(b), tol=tol, maxiter=steps - 1)
+    assert info.residual <= tol < before.residual
+    assert int(before.status) == SolveStatus.NOT_CONVERGED
+    assert abs(steps - len(iterates)) <= (1 if len(iterates) <= N else 3)
     # both residuals are at most ~tol ||b||, so the solutions differ by at most
     # (r_1 + r_2) ||b|| / lambda_min
     bound = (float(info.residual) + _relative_residual(a, 0.0, b, expected)) * np.linalg.norm(b)
