@@ -15,7 +15,9 @@ This module imports neither JAX nor torch: :func:`configure_threads` has to run 
 
 from __future__ import annotations
 
+import argparse
 import os
+from pathlib import Path
 
 JAX_PREALLOCATE_OFF = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
 
@@ -50,3 +52,14 @@ def default_threads() -> int:
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``--out`` and ``--threads``, as every suite of ``python -m bench`` takes them."""
+    parser.add_argument("--out", type=Path, default=Path("results"), help="output folder (results)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=default_threads(),
+        help="threads for both frameworks (default: all cores available)",
+    )

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import configure_threads, default_threads
+from . import add_output_options, configure_threads
 
 EPILOG = """\
 Filters take names, shell globs or prefixes ending at '.', '(' or '[' (so 'jax' selects
@@ -22,13 +22,19 @@ jax.grad and jax.jit(...) but not jaxhvp.*, and 'jaxhvp.hvp' every jaxhvp.hvp va
 and BackPACK rows (framework torch) go by their own names: 'curvlinops', 'backpack'. The
 gradient of each framework used is always timed: it is the per_grad unit.
 
-Other suites: 'python -m bench inverse|sharding|training [--quick ...]' (each also runs as
+Other suites: 'python -m bench gaps|inverse|sharding|training [--quick ...]' (each also runs as
 'python -m bench.NAME'): inverse products, the data-parallel operator on N simulated devices,
-second-order training against Adam.
+second-order training against Adam; gaps: minimal programs where XLA:CPU's code is slower
+than torch's.
 
-The full run measures each row in a fresh process (python -m bench._worker): peak memory and
-a cold first call. Ratios near 1 (mode=auto against each mode; an eager call against a
-hand-written jit) are then timed interleaved in one process: interleaved.md.
+Every row is first checked against its reference, with its first call (compile) time and,
+in the full run, its peak memory in a fresh process (python -m bench._worker). Then each
+problem's rows are timed together in this process (bench/fair.py: same data and threads,
+blocks of calls by rounds in a rotating order): those are the times reported, and
+summary.md holds the comparisons a user reads (jaxhvp against hand-written JAX and each
+torch path, with the spread of the per-round ratios). interleaved.md: mode=auto against
+each mode, eager calls against a hand-written jit. --diagnostics also writes drift.md: each
+row timed in its own process beside the same row timed with the others.
 
 --quick: smaller CNN and transformer, fewer repetitions, no torch.compile, batched rows at
 k = 1 and 8 only, 8 probes (not 32) in the Hutchinson diagonal rows, everything in this
@@ -56,13 +62,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--problems", nargs="+", metavar="P", help="problems to run (default all)")
     p.add_argument("--impls", nargs="+", metavar="I", help="implementations (default all)")
-    p.add_argument("--out", type=Path, default=Path("results"), help="output folder (results)")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=default_threads(),
-        help="threads for both frameworks (default: all cores available)",
-    )
+    add_output_options(p)
     p.add_argument(
         "--memory",
         action=argparse.BooleanOptionalAction,
@@ -87,6 +87,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--check",
         action="store_true",
         help="exit 1 if a row is wrong or fails (torch.compile rows excepted)",
+    )
+    p.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="also write drift.md: each row timed in its own process against the same row "
+        "timed with the others, with page faults per call (needs --memory)",
+    )
+    p.add_argument(
+        "--docs",
+        action="store_true",
+        help="also copy summary.md (and drift.md) to docs/bench/, where the docs include "
+        "them, and put summary.md into README.md between its markers",
     )
     p.add_argument("--list", action="store_true", help="list problems and implementations")
     return p.parse_args(argv)
@@ -137,7 +149,7 @@ class _Progress:
 
 
 # ``python -m bench NAME [options]`` runs the other benchmarks (``python -m bench.NAME``).
-SUITES = ("inverse", "sharding", "training")
+SUITES = ("allocator", "gaps", "inverse", "sharding", "training")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_threads(args.threads)  # before JAX and torch are imported
 
-    from . import impls, interleaved, measure, problems, report
+    from . import fair, impls, interleaved, measure, problems, report, summary
 
     measure.set_torch_threads(args.threads)
     registry = impls.by_name()
@@ -167,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
         timeout_s=args.timeout,
         threads=args.threads,
     )
+    # The first pass checks each row, with its first call and memory; the timing that counts
+    # is the fair pass's. Only --diagnostics times the first pass as fully, to compare.
+    checking = settings if args.diagnostics else dataclasses.replace(settings, target_s=0.0)
     problem_names = selected(list(problems.BUILDERS), args.problems)
     impl_names = selected(list(registry), args.impls)
     chosen = [
@@ -228,25 +243,25 @@ def main(argv: list[str] | None = None) -> int:
                         row_name,
                         k,
                         refs_path,
-                        settings,
+                        checking,
                         args.quick,
                     )
                 else:
                     measure_row = functools.partial(
-                        measure.run_one, problem, impl, row_name, k, refs, settings
+                        measure.run_one, problem, impl, row_name, k, refs, checking
                     )
                 rows.append(guard.run(measure_row))
                 progress.done()
-    mode_rows, overhead_rows = [], []
-    chosen_names = {impl.name for impl in chosen}
-    rounds = 3 if args.quick else 20
+    mode_rows, overhead_rows, timings = [], [], {}
+    rounds = 3 if args.quick else 10
     for name, problem in built.items():
-        if interleaved.MODE_ROWS["auto"] in chosen_names:
-            progress.show(f"{name}: mode=auto against each mode, interleaved")
-            mode_rows.append(interleaved.modes(problem, settings.target_s, rounds))
-        if problem.plain_jax_loss and interleaved.OVERHEAD_PAIRS[0][0] in chosen_names:
-            progress.show(f"{name}: eager calls against a hand-written jit, interleaved")
-            overhead_rows.append(interleaved.overhead(problem, settings.target_s, rounds))
+        progress.show(f"{name}: the rows timed together, in blocks by rounds")
+        mine = [r for r in rows if r["problem"] == name]
+        timings[name] = fair.time_problem(problem, mine, settings.target_s, rounds)
+        for table, read in ((mode_rows, interleaved.modes), (overhead_rows, interleaved.overhead)):
+            entry = read(name, timings[name].get(1, {}))
+            if entry is not None:
+                table.append(entry)
     progress.close()
 
     report.add_per_grad(rows)
@@ -278,15 +293,28 @@ def main(argv: list[str] | None = None) -> int:
     (out / "table.md").write_text(report.markdown_table(rows) + "\n")
     plots = report.plot(rows, out)
 
+    sizes = {name: problem.size for name, problem in built.items()}
+    written = summary.write(summary.build(timings, sizes, meta["machine"]), out)
+
     print()
     print(report.text_table(rows))
-    summary = report.overhead_summary(rows)
-    if summary:
-        print("\n" + summary)
+    overheads = report.overhead_summary(rows)
+    if overheads:
+        print("\n" + overheads)
     if mode_rows or overhead_rows:
         text = interleaved.markdown(mode_rows, overhead_rows)
         (out / "interleaved.md").write_text(text + "\n")
-        print("\nTimed interleaved, in one process:\n\n" + text)
+        print("\n" + text)
+    if args.diagnostics:
+        text = report.drift_table(rows)
+        (out / "drift.md").write_text(text + "\n")
+        print("\n" + text)
+    print("\n" + written[0].read_text())
+    if args.docs:
+        docs = Path(__file__).resolve().parent.parent / "docs" / "bench"
+        for name in ["summary.md", *(["drift.md"] if args.diagnostics else [])]:
+            (docs / name).write_text((out / name).read_text())
+        summary.embed((out / "summary.md").read_text(), docs.parent.parent / "README.md")
     skipped = [r for r in rows if r["status"] == "skipped"]
     if skipped:
         print(
@@ -295,8 +323,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     statuses = ("ok", "wrong", "error", "timeout", "skipped")
     counts = {s: sum(r["status"] == s for r in rows) for s in statuses}
-    files = ["results.csv", "results.json", "table.md", *(p.name for p in plots)]
+    files = [*(p.name for p in written), "results.csv", "results.json", "table.md"]
+    files += [p.name for p in plots]
     files += ["interleaved.md"] if mode_rows or overhead_rows else []
+    files += ["drift.md"] if args.diagnostics else []
     print(
         f"\n{len(rows)} rows ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}) in "
         f"{elapsed:.0f} s; {args.threads} threads; results in {out}/ ({', '.join(files)})"

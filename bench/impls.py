@@ -365,6 +365,24 @@ def torch_compiled(c: Case) -> Callable:
     return lambda: f(t.params, t.v)
 
 
+def torch_compiled_value(c: Case) -> Callable:
+    """The compiled product that also returns the loss, as jaxhvp.hvp and torch's hvp do."""
+    t, grad = c.torch, tfn.grad_and_value(c.torch.func)
+
+    def value_and_hvp(p: Any, v: Any) -> Any:
+        (_, value), (hv, _) = tfn.jvp(grad, (p,), (v,))
+        return value, hv
+
+    f = torch.compile(value_and_hvp)
+    return lambda: f(t.params, t.v)[1]
+
+
+def torch_compiled_grad(c: Case) -> Callable:
+    """torch.compile's gradient: the unit of torch.compile's product over gradient ratio."""
+    t, f = c.torch, torch.compile(tfn.grad(c.torch.func))
+    return lambda: f(t.params)
+
+
 def torch_vmap(chunk_size: int | None) -> Factory:
     def factory(c: Case) -> Callable:
         t, one = c.torch, _torch_fwd_rev(c.torch)
@@ -663,6 +681,7 @@ def registry() -> list[Impl]:
     impls = [
         Impl("jax.grad", jax_grad, kind="grad"),
         Impl("torch.autograd.grad", torch_grad, kind="grad"),
+        Impl("torch.compile(grad)", torch_compiled_grad, kind="grad", quick=False, isolate=True),
         # one vector per call
         *jaxhvp_single,
         Impl("jax.jit(jvp(grad))", jax_jit(_jax_fwd_rev)),
@@ -672,6 +691,12 @@ def registry() -> list[Impl]:
         Impl("torch.autograd.functional.vhp", torch_functional(taf.vhp)),
         Impl("torch.func.jvp(grad)", torch_jvp_grad),
         Impl("torch.compile(func.jvp(grad))", torch_compiled, quick=False, isolate=True),
+        Impl(
+            "torch.compile(value+func.jvp(grad))",
+            torch_compiled_value,
+            quick=False,
+            isolate=True,
+        ),
         Impl("torch.double-backward", torch_double_backward),
         # per-call overhead: a new closure over new data on every call
         Impl("jaxhvp.hvp[top-level f]", jaxhvp_plain, kind="plain"),

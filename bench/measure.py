@@ -311,6 +311,7 @@ def empty_row(problem: str, impl: Impl, row_name: str, k: int) -> dict[str, Any]
         "wall_s": math.nan,
         "noisy": False,
         "others_cores": math.nan,
+        "faults_per_call": math.nan,
         "attempts": 1,
         "error": "",
     }
@@ -367,8 +368,11 @@ def run_one(
             sync(call())
         if tracker:
             tracker.reset()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         times = time_calls(call, settings)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
         row["others_cores"] = others_cores(load, cpu_sample())
+        row["faults_per_call"] = faults / len(times)
         row.update(
             status="ok",
             median_s=float(np.median(times)),

@@ -34,6 +34,10 @@ COLUMNS = [
     "reps",
     "noisy",
     "others_cores",
+    "faults_per_call",
+    "isolated_median_s",
+    "isolated_faults_per_call",
+    "timing",
     "attempts",
     "wall_s",
     "error",
@@ -66,6 +70,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "jaxlib": _version("jaxlib"),
         "jax_backend": jax.default_backend(),
         "jax_devices": [str(d) for d in jax.devices()],
+        "jax_device_kind": jax.devices()[0].device_kind,
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "torch_device": "cuda" if torch.cuda.is_available() else "cpu",
@@ -229,6 +234,42 @@ def overhead_summary(rows: list[dict]) -> str:
         ]
         if parts:
             lines.append(f"{problem}, per call: " + "; ".join(parts))
+    return "\n".join(lines)
+
+
+def drift_table(rows: list[dict]) -> str:
+    """Each row timed in its own process against the same row timed with the others (the
+    fair protocol), with the minor page faults per call in each: why the two differ."""
+    head = [
+        "problem",
+        "impl",
+        "own process ms",
+        "together ms",
+        "own / together",
+        "faults per call, own",
+        "faults per call, together",
+    ]
+    lines = [
+        "Each row timed in its own process (fresh, as for peak memory) and timed together "
+        "with the other rows of its problem in one process:",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for r in rows:
+        own = r.get("isolated_median_s", math.nan)
+        if r["status"] != "ok" or own is None or not math.isfinite(own):
+            continue
+        cells = [
+            r["problem"],
+            r["impl"].replace("|", "\\|"),
+            _ms(own),
+            _ms(r["median_s"]),
+            _num(own / r["median_s"], ".2f"),
+            _num(r.get("isolated_faults_per_call", math.nan), ".0f"),
+            _num(r.get("faults_per_call", math.nan), ".0f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

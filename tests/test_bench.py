@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from bench import impls, interleaved, measure, problems, report
+from bench import fair, impls, interleaved, measure, problems, report, summary
 from bench.__main__ import selected
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +54,7 @@ def run_bench(out: Path, *args: str) -> list[dict]:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "rel err" in proc.stdout  # the table was printed
-    for name in ["results.csv", "results.json", *PLOTS]:
+    for name in ["summary.md", "summary.json", "results.csv", "results.json", *PLOTS]:
         assert (out / name).stat().st_size > 0, name
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -116,21 +116,71 @@ def test_overhead_summary_divides_each_row_by_its_hand_written_jit():
     assert "fresh" not in summary  # rows that did not run are left out
 
 
-def test_interleaved_comparisons():
-    problem = problems.build("rosenbrock10", quick=True)
-    modes = interleaved.modes(problem, target_s=0.0, min_rounds=2)
-    assert modes["rounds"] == 2
-    assert modes["best_mode"] in interleaved.MODES
-    times = [modes[f"{m}_s"] for m in interleaved.MODE_ROWS]
-    assert all(t > 0 for t in times)
-    assert modes["auto_over_best"] == modes["auto_s"] / min(times[:3])
-    overhead = interleaved.overhead(problem, target_s=0.0, min_rounds=2)
-    ratios = [overhead[f"{name} / {base}"] for name, base in interleaved.OVERHEAD_PAIRS]
-    for ratio, (name, base) in zip(ratios, interleaved.OVERHEAD_PAIRS, strict=True):
-        assert ratio == overhead[f"{name}_s"] / overhead[f"{base}_s"]
+def _timing(*seconds):
+    return fair.Timing(rounds=list(seconds), faults=[0.0] * len(seconds))
+
+
+def test_fair_protocol_rotates_blocks_and_times_all_but_the_first_call():
+    log = []
+    calls = {name: (lambda name=name: log.append(name)) for name in "abc"}
+    timings = fair.time_rows(calls, target_s=0.0, min_rounds=3, block=3, warmup=1, settle_s=0)
+    assert log[:6] == ["a", "a", "b", "b", "c", "c"]  # compile + warm-up, row by row
+    rounds = log[6:]
+    assert rounds == [*"aaabbbccc", *"bbbcccaaa", *"cccaaabbb"]  # blocks, rotating
+    for timing in timings.values():
+        assert len(timing.rounds) == 3 and all(t >= 0 for t in timing.rounds)
+    with pytest.raises(ValueError, match="block must be at least 2"):
+        fair.time_rows(calls, target_s=0.0, min_rounds=1, block=1)
+
+
+def test_ratios_are_medians_of_per_round_ratios_with_quartiles():
+    a, b = _timing(2.0, 4.0, 6.0, 8.0, 100.0), _timing(1.0, 1.0, 2.0, 2.0, 1.0)
+    median, low, high = fair.ratio(a, b)
+    assert median == 4.0  # per round: 2, 4, 3, 4, 100
+    assert (low, high) == (3.0, 4.0)
+    assert a.median_s == 6.0
+
+
+def test_interleaved_tables_read_the_rows_timed_together():
+    timings = {
+        "jaxhvp.hvp": _timing(3.0, 3.0),
+        "jaxhvp.hvp(mode=rev-rev)": _timing(2.0, 2.0),
+        "jaxhvp.hvp(mode=rev-fwd)": _timing(4.0, 4.0),
+        "jaxhvp.hvp(mode=auto)": _timing(2.2, 2.2),
+        "jaxhvp.hvp[top-level f]": _timing(1.5, 1.5),
+        "jax.jit(jvp(grad))[top-level f]": _timing(1.0, 1.0),
+        "jax.jit(jvp(grad))": _timing(2.5, 2.5),
+    }
+    modes = interleaved.modes("p", timings)
+    assert modes["best_mode"] == "rev-rev" and modes["auto_over_best"] == pytest.approx(1.1)
+    overhead = interleaved.overhead("p", timings)
+    assert overhead["jaxhvp.hvp / jax.jit(jvp(grad))"] == pytest.approx(1.2)
     text = interleaved.markdown([modes], [overhead]).splitlines()
-    assert text[4] == f"| rosenbrock10 | {ratios[0]:.2f}x | {ratios[1]:.2f}x | 2 |"
-    assert text[-1].startswith(f"| rosenbrock10 | {modes['fwd-rev_s'] * 1e3:.4g} |")
+    assert text[4] == "| p | 1.50x | 1.20x | 2 |"
+    assert interleaved.modes("p", {"jaxhvp.hvp": _timing(1.0)}) is None  # not all timed
+
+
+def test_summary_tables_speedups_and_per_grad_ratios():
+    timings = {
+        "p": {
+            1: {
+                "jaxhvp.hvp": _timing(2.0, 2.0, 2.0),
+                "torch.autograd.functional.hvp": _timing(6.0, 8.0, 10.0),
+                "jax.grad": _timing(1.0, 1.0, 1.0),
+                "torch.autograd.grad": _timing(2.0, 2.0, 2.0),
+            }
+        }
+    }
+    machine = report.machine_info(1)
+    data = summary.build(timings, {"p": 12345}, machine)
+    (entry,) = data["problems"]
+    assert entry["speedup"]["torch.autograd.functional.hvp"] == (4.0, 3.5, 4.5)
+    assert entry["per_grad"]["jaxhvp.hvp / jax.grad"][0] == 2.0
+    text = summary.markdown(data)
+    assert data["device"] in text and machine["jax"] in text
+    assert "| p | 12,345 | 2000 | 8000 |" in text  # only the columns that ran
+    assert "| p | 4.00x [3.50-4.50] | 3 |" in text
+    assert "torch.compile" not in text.split("Time per")[1].split("\n\n")[1]
 
 
 def test_fresh_process_rows_measure_memory(tmp_path):
@@ -254,3 +304,28 @@ def test_ggn_rows_skip_what_cannot_run():
         (f"jaxhvp.spectrum.diagonal(ggn, hutchinson) [probes={impls.PROBES}]", impls.PROBES)
     ]
     assert not registry["jaxhvp.gnvp"].applies(problems.build("rosenbrock10", quick=True))
+
+
+def test_summary_names_the_device():
+    cpu = {"cpu": "Some CPU", "threads": 4, "jax_backend": "cpu", "gpu": None}
+    assert summary.device(cpu) == "CPU: Some CPU, 4 threads for each framework"
+    gpu = {**cpu, "gpu": "NVIDIA H100", "jax_backend": "gpu", "jax_device_kind": "NVIDIA H100"}
+    assert summary.device(gpu).startswith("GPU: NVIDIA H100 (torch), NVIDIA H100 (JAX")
+
+
+def test_embed_replaces_only_the_marked_block(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text(f"head\n{summary.START}\nold\n{summary.END}\ntail\n")
+    summary.embed("new\ntable\n", page)
+    assert page.read_text() == f"head\n{summary.START}\nnew\ntable\n{summary.END}\ntail\n"
+    assert summary.embedded(page) == "new\ntable"
+    page.write_text("no markers\n")
+    with pytest.raises(ValueError, match="needs one"):
+        summary.embed("x", page)
+
+
+def test_the_readme_embeds_the_generated_summary_unchanged():
+    """``python -m bench --docs`` writes both; a hand edit of either fails here."""
+    generated = (ROOT / "docs" / "bench" / "summary.md").read_text().strip()
+    assert summary.embedded(ROOT / "README.md") == generated
+    assert generated.startswith("Device: ")
