@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import math
 import resource
 import statistics
 import time
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .measure import sync
+from .measure import cpu_sample, others_cores, sync
 
 BLOCK = 4  # calls per row per round, the first untimed
 WARMUP = 2  # calls per row after the first (compiling) one, before the rounds
@@ -55,6 +56,8 @@ class Timing:
 
     rounds: list[float]
     faults: list[float]  # minor page faults per timed call, one per round
+    # cores other processes used on average while the rows were timed (NaN: not measured)
+    others_cores: float = math.nan
 
     @property
     def median_s(self) -> float:
@@ -138,7 +141,11 @@ def time_problem(
     for k, group in groups.items():
         case = impls.Case(problem, k)
         calls = {row["impl"]: registry[row["base_impl"]].factory(case) for row in group}
+        before = cpu_sample()
         timings[k] = time_rows(calls, target_s, min_rounds)
+        others = others_cores(before, cpu_sample())
+        for timing in timings[k].values():
+            timing.others_cores = others
         for row in group:
             timing = timings[k][row["impl"]]
             row.update(
@@ -150,6 +157,7 @@ def time_problem(
                 per_vector_s=timing.median_s / k,
                 reps=len(timing.rounds) * (BLOCK - 1),
                 faults_per_call=timing.faults_per_call,
+                others_cores=timing.others_cores,
                 timing="fair",
             )
     return timings

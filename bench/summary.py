@@ -67,6 +67,7 @@ def build(
                     if row in single and grad in single
                 },
                 "rounds": len(base.rounds),
+                "others_cores": base.others_cores,
             }
         )
     return {
@@ -96,6 +97,10 @@ def _ms(seconds: float | None) -> str:
 
 def _spread(r: tuple[float, float, float] | None) -> str:
     return "-" if r is None else f"{r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}]"
+
+
+def _cores(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.2f} cores"
 
 
 def _table(head: list[str], body: list[list[str]]) -> list[str]:
@@ -131,12 +136,22 @@ def markdown(summary: dict[str, Any]) -> str:
     ]
     others = present[1:]
     lines += _table(
-        ["problem", *others_head(others), "rounds"],
+        ["problem", *others_head(others), "rounds", "other processes"],
         [
-            [p["problem"], *(_spread(p["speedup"].get(r)) for _, r in others), str(p["rounds"])]
+            [
+                p["problem"],
+                *(_spread(p["speedup"].get(r)) for _, r in others),
+                str(p["rounds"]),
+                _cores(p.get("others_cores")),
+            ]
             for p in problems
         ],
     )
+    lines += [
+        "",
+        "`other processes`: the CPU cores other processes used on average while the problem "
+        "was timed (near 0 on a quiet machine; more means the times above are disturbed).",
+    ]
     pairs = [
         f"{r} / {g}" for r, g in PER_GRAD if any(f"{r} / {g}" in p["per_grad"] for p in problems)
     ]
