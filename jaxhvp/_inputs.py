@@ -20,7 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._errors import HVPError
+from ._frameworks import framework_error
 from ._sharding import tangent_layout
+from ._structure import difference
 
 _ARRAY_TYPES = (jax.Array, np.ndarray)
 _ACCEPTED = (
@@ -84,6 +86,8 @@ def _checked_inputs(inputs: Any, fn_name: str, forward: bool) -> Inputs:
     check_input_types(inputs, fn_name)
     primals = jax.tree_util.tree_map(jnp.asarray, inputs)
     for path, x in jax.tree_util.tree_flatten_with_path(primals)[0]:
+        if not jnp.issubdtype(x.dtype, jnp.inexact):
+            _raise_for_framework(HVPError, primals, path, x, "inputs", fn_name)
         _check_float_dtype(x, f"inputs{jax.tree_util.keystr(path)}", fn_name, forward)
     return Inputs(primals, type(inputs) is tuple, fn_name)
 
@@ -123,12 +127,11 @@ def as_tangents(v: Any, inputs: Inputs) -> Any:
             msg = f"v is a tuple of invalid length: should be {len(primals)} but got {len(v)}."
             raise HVPError(msg)
 
-    v_tree, x_tree = jax.tree_util.tree_structure(v), jax.tree_util.tree_structure(primals)
-    if v_tree != x_tree:
+    if jax.tree_util.tree_structure(v) != jax.tree_util.tree_structure(primals):
         msg = (
             f"v must have the same pytree structure as the inputs given to {fn_name}, but "
-            f"inputs has structure {x_tree} and v has structure {v_tree}. Build v with "
-            "jax.tree_util.tree_map over the inputs."
+            f"{difference(primals, v, 'inputs', 'v')}. Build v with jax.tree_util.tree_map "
+            "over the inputs."
         )
         raise HVPError(msg)
     v = jax.tree_util.tree_map(jnp.asarray, v)
@@ -219,7 +222,17 @@ def _check_leaf_types(tree: Any, what: str, fn_name: str) -> None:
         for path, leaf in jax.tree_util.tree_flatten_with_path(entry)[0]:
             if not is_array(leaf):
                 path = prefix + path
+                _raise_for_framework(TypeError, tree, path, leaf, what, fn_name)
                 _raise_type(leaf, what, fn_name, where=_where(path) if path else None)
+
+
+def _raise_for_framework(
+    error: type[Exception], tree: Any, path: tuple, leaf: Any, what: str, fn_name: str
+) -> None:
+    """Raises ``error`` with the framework's fix when ``leaf`` is part of a framework's model."""
+    msg = framework_error(tree, path, leaf, what, fn_name)
+    if msg is not None:
+        raise error(msg)
 
 
 def _where(path: tuple) -> str:

@@ -92,6 +92,14 @@ def hvp(
     Computed forward-over-reverse (``jax.jvp`` of ``jax.grad``) by default: about the cost of
     two or three gradient evaluations, and never the dense Hessian.
 
+    Differentiating through the product: with the default ``create_graph=False`` both results
+    are cut from differentiation, as torch detaches them, so ``jax.grad`` of a function of
+    them is zero, without an error. Pass ``create_graph=True`` when the product is part of a
+    differentiated objective, or build :func:`jaxhvp.hessian_operator` inside the
+    differentiated function: its products are always differentiable, with respect to the
+    point and the vector, and many of them share one linearization. ``docs/frameworks.md``
+    says when to use which, and how to pass Flax and Equinox models.
+
     Args:
       func: a function of ``inputs`` returning an array with exactly one element (any shape).
       inputs: a single array (``func(inputs)``), a tuple of arrays (``func(*inputs)``), or any
@@ -136,6 +144,17 @@ def hvp(
       >>> hv
       Array([[ 6., 12.],
              [18., 24.]], dtype=float32)
+
+      Differentiated through: zeros unless ``create_graph=True`` (``H v = 6 x v`` here).
+
+      >>> import jax
+      >>> v = jnp.ones((2, 2))
+      >>> jax.grad(lambda x: jaxhvp.hvp(pow_reducer, x, v)[1].sum())(x)
+      Array([[0., 0.],
+             [0., 0.]], dtype=float32)
+      >>> jax.grad(lambda x: jaxhvp.hvp(pow_reducer, x, v, create_graph=True)[1].sum())(x)
+      Array([[6., 6.],
+             [6., 6.]], dtype=float32)
     """
     return product("hvp", func, inputs, v, create_graph, strict, mode, has_aux, jit)
 

@@ -1,5 +1,6 @@
 """Shared test set-up: float64 available, warnings as errors (pyproject), one tree comparison."""
 
+import importlib.util
 import os
 
 import jax
@@ -26,3 +27,7 @@ def dtype(request):
 # tests/multidevice/ needs 8 devices, fixed before JAX starts: test_multidevice.py runs it in
 # a subprocess with XLA_FLAGS set and JAXHVP_MULTIDEVICE=1; elsewhere it is not collected.
 collect_ignore = [] if os.environ.get("JAXHVP_MULTIDEVICE") == "1" else ["multidevice"]
+# Flax supports Python 3.11 and later; the test extra installs it there only (docs/frameworks.md
+# skips itself without it).
+if importlib.util.find_spec("flax") is None:
+    collect_ignore.append("test_frameworks.py")

@@ -11,6 +11,7 @@ import numpy as np
 
 from .. import _eager, _sharding, _tree
 from .._errors import HVPError
+from .._structure import difference
 from .._validate import check_choice, check_count, check_key
 from ..operators import Operator
 from ..spectrum._eigen import DEFAULT_MAX_MATVECS
@@ -257,17 +258,29 @@ def check_vector(v: Any, op: Operator, name: str, fn_name: str) -> Any:
             f"(op.like), but got {type(v)}."
         )
         raise TypeError(msg)
-    expected, given = _tree.signature(op.like), _tree.signature(v)
-    if expected != given:
+    if _tree.signature(op.like) != _tree.signature(v):
         msg = (
             f"{name} given to {fn_name} must have the structure, shapes and dtypes of the "
-            f"operator's vectors, {expected[0]} with leaves {expected[1]}, but got "
-            f"{given[0]} with leaves {given[1]}. Build it with jax.tree_util.tree_map over "
-            "op.like (or op.grad)."
+            f"operator's vectors (op.like), but {_first_difference(op.like, v, name)}. Build "
+            "it with jax.tree_util.tree_map over op.like (or op.grad)."
         )
         raise HVPError(msg)
     # in the operator's vectors' layout: explicit meshes need it of a product's tangents
     return _sharding.tangent_layout(jax.tree_util.tree_map(jnp.asarray, v), op.like)
+
+
+def _first_difference(like: Any, v: Any, name: str) -> str:
+    """Where ``v`` first differs from ``like``: a path of the structure, or one leaf."""
+    if jax.tree_util.tree_structure(like) != jax.tree_util.tree_structure(v):
+        return difference(like, v, "op.like", name)
+    pairs = zip(jax.tree_util.tree_flatten_with_path(v)[0], jax.tree_util.tree_leaves(like))
+    path, given, expected = next((p, g, e) for (p, g), e in pairs if _leaf(g) != _leaf(e))
+    where = jax.tree_util.keystr(path)
+    return f"{name}{where} has {_leaf(given)} where op.like{where} has {_leaf(expected)}"
+
+
+def _leaf(x: Any) -> str:
+    return f"shape {tuple(jnp.shape(x))} and dtype {jnp.result_type(x)}"
 
 
 def _scalar(value: Any, name: str, dtype: Any, fn_name: str, positive: bool = False) -> jax.Array:

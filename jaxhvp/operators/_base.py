@@ -27,6 +27,7 @@ from jax import lax
 from .. import _eager, _sharding, _tree
 from .._errors import HVPError
 from .._inputs import Inputs, as_tangents
+from .._structure import difference
 from .._validate import check_count
 
 
@@ -422,11 +423,10 @@ def _as_matrix(op: Operator) -> jax.Array:
 
 def check_stacked(vectors: Any, like: Any) -> None:
     """``vectors`` must be ``like``'s structure with one extra leading axis on every leaf."""
-    v_tree, x_tree = jax.tree_util.tree_structure(vectors), jax.tree_util.tree_structure(like)
-    if v_tree != x_tree:
+    if jax.tree_util.tree_structure(vectors) != jax.tree_util.tree_structure(like):
         msg = (
-            "matmat needs the vectors stacked in the structure of the operator's vectors, "
-            f"{x_tree}, but the vectors have structure {v_tree}."
+            "matmat needs the vectors stacked in the structure of the operator's vectors "
+            f"(op.like), but {difference(like, vectors, 'op.like', 'vectors')}."
         )
         raise HVPError(msg)
     counts = set()
