@@ -3,16 +3,18 @@
 Rows timed each in its own process drift apart by more than the differences they are meant
 to show: a fresh process's allocator state decides whether XLA:CPU's temporaries are taken
 from memory the process already holds or mapped anew (and page-faulted, zero-filled) on
-every call; ``python -m bench fair --diagnostics`` measures it. So every comparison a
-reader would make is timed here, on the same arrays and threads in one process:
+every call (``python -m bench --diagnostics`` writes both times and the page faults per
+call side by side; ``python -m bench allocator`` isolates the mechanism). So every
+comparison a reader would make is timed here, on the same arrays and threads in one
+process:
 
 * warm-up: each row is called until compiled (``torch.compile`` and ``mode="auto"``
   included), then ``warmup`` more times;
 * rounds: each round runs every row once, in an order rotating by one per round, as a
-  block of ``block`` calls whose first is untimed. The untimed call absorbs what the
-  previous block leaves behind (the other framework's worker threads still spinning after
-  their parallel region, caches holding its data); timing call by call instead inflated
-  both frameworks' times by up to 50% on 2 cores;
+  block of ``block`` calls whose first (repeated for at least ``settle_s``) is untimed.
+  The untimed calls absorb what the previous block leaves behind (the other framework's
+  worker threads still spinning after their parallel region, caches holding its data);
+  timing call by call instead inflated both frameworks' times by up to 50% on 2 cores;
 * a row's time is the median over rounds of its block medians; a ratio between two rows is
   the median of the per-round ratios, with their quartiles as the spread.
 
