@@ -22,10 +22,11 @@ jax.grad and jax.jit(...) but not jaxhvp.*, and 'jaxhvp.hvp' every jaxhvp.hvp va
 and BackPACK rows (framework torch) go by their own names: 'curvlinops', 'backpack'. The
 gradient of each framework used is always timed: it is the per_grad unit.
 
-Other suites: 'python -m bench gaps|inverse|sharding|training [--quick ...]' (each also runs as
-'python -m bench.NAME'): inverse products, the data-parallel operator on N simulated devices,
-second-order training against Adam; gaps: minimal programs where XLA:CPU's code is slower
-than torch's.
+Other suites: 'python -m bench allocator|gaps|inverse|sharding|training [--quick ...]' (each
+also runs as 'python -m bench.NAME'): allocator: the transformer's rows under glibc's default
+and raised malloc thresholds (page faults per call); gaps: minimal programs where XLA:CPU's
+code is slower than torch's; inverse products; the data-parallel operator on N simulated
+devices; second-order training against Adam.
 
 Every row is first checked against its reference, with its first call (compile) time and,
 in the full run, its peak memory in a fresh process (python -m bench._worker). Then each
