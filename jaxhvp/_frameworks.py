@@ -1,10 +1,11 @@
 """The fix to name when a leaf that cannot be differentiated belongs to a framework's model.
 
 A Flax NNX model carries RNG state (``RngCount``, ``RngKey``: integer and key arrays) next
-to its parameters; an Equinox module keeps functions (activations) among its leaves. Either
-passed whole as ``inputs`` fails jaxhvp's checks; the error then says how to take the
-parameters apart. The frameworks are never imported: their classes are looked up only in
-modules the user has already imported.
+to its parameters; an Equinox module keeps functions (activations) among its leaves; a Flax
+Linen module holds no arrays at all (its variables come from ``init``). Each passed whole as
+``inputs`` fails jaxhvp's checks; the error then says how to take the parameters apart. The
+frameworks are never imported: their classes are looked up only in modules the user has
+already imported.
 """
 
 from __future__ import annotations
@@ -50,7 +51,16 @@ _EQUINOX = _Framework(
         f"inside the function {_DOCS}."
     ),
 )
-_FRAMEWORKS = (_NNX, _EQUINOX)
+_LINEN = _Framework(
+    module="flax.linen",
+    is_node=lambda linen, x: isinstance(x, linen.Module),
+    sentence="{where} given to {fn_name} is a Flax Linen {node}, which holds no arrays",
+    fix=(
+        "Differentiate with respect to its variables: `params = model.init(key, x)['params']`, "
+        f"calling `model.apply({{'params': params}}, x)` inside the function {_DOCS}."
+    ),
+)
+_FRAMEWORKS = (_NNX, _EQUINOX, _LINEN)
 
 
 def framework_error(tree: Any, path: tuple, leaf: Any, what: str, fn_name: str) -> str | None:

@@ -13,6 +13,7 @@ from jax import lax
 from . import _eager, _sharding
 from ._errors import HVPError
 from ._modes import check_callable
+from ._structure import difference
 from ._validate import check_choice, check_count
 from .linalg._result import SolveInfo
 from .linalg._solve import METHODS, Plan, Settings, prepare, run, setup
@@ -190,8 +191,8 @@ def _curvature(curvature: Any, loss: Callable, params: Any, batches: Any) -> Ope
     expected = jax.tree_util.tree_structure(params)
     if jax.tree_util.tree_structure(curvature.like) != expected:
         msg = (
-            f"curvature given to {_NAME} must act on vectors shaped like params, {expected}, "
-            f"but it acts on {jax.tree_util.tree_structure(curvature.like)}."
+            f"curvature given to {_NAME} must act on vectors shaped like params, but "
+            f"{difference(params, curvature.like, 'params', 'curvature.like')}."
         )
         raise HVPError(msg)
     return curvature

@@ -670,7 +670,7 @@ def test_curvature_errors_name_the_argument():
         )
     with pytest.raises(TypeError, match="curvature must return a jaxhvp operator"):
         jaxhvp.minimize(fun, w0, args, method="trust-ncg", curvature=lambda w, *a: w)
-    with pytest.raises(jaxhvp.HVPError, match="with the structure of x0"):
+    with pytest.raises(jaxhvp.HVPError, match="with the structure of x0") as e:
         jaxhvp.minimize(
             fun,
             w0,
@@ -678,6 +678,8 @@ def test_curvature_errors_name_the_argument():
             method="trust-ncg",
             curvature=lambda w, *a: jaxhvp.hessian_operator(jnp.sum, w["w"]),
         )
+    assert "x0 is a dict but op.like is an array" in str(e.value)
+    assert "PyTreeDef" not in str(e.value)
     with pytest.raises(TypeError, match="curvature must be callable"):
         jaxhvp.trust_ncg_step(fun, w0, jaxhvp.trust_ncg_init(w0), *args, curvature=3)
 

@@ -377,6 +377,19 @@ def test_nnx_rng_state_error_of_the_operators():
         jaxhvp.hessian_operator(lambda m: m.linear1.bias.sum(), model)
 
 
+@pytest.mark.parametrize("inputs, where", [(None, "inputs"), ("tuple", "inputs[0]")])
+def test_linen_module_error_says_to_init_and_apply(inputs, where):
+    model = linen.Dense(3)
+    given = model if inputs is None else (model,)
+    with pytest.raises(TypeError) as error:
+        jaxhvp.hvp(lambda m: 0.0, given, None)
+    message = str(error.value)
+    assert message.startswith(f"{where} given to hvp is a Flax Linen Dense, which holds no arrays")
+    assert "`params = model.init(key, x)['params']`" in message
+    assert "`model.apply({'params': params}, x)`" in message
+    assert_short_one_line(message)
+
+
 def test_eqx_function_leaf_error_says_to_partition():
     x, y = data()
     model = eqx_model()

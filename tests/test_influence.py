@@ -173,3 +173,12 @@ def test_params_must_be_floating_arrays(problem):
     _, train, test = problem
     with pytest.raises(jaxhvp.HVPError, match="params given to influence must be a pytree"):
         jaxhvp.influence(logistic_loss, {"w": [1, 2, 3], "b": 0}, train, test)
+
+
+def test_a_curvature_on_other_vectors_names_the_differing_path(problem):
+    params, train, test = problem
+    other = jaxhvp.hessian_operator(lambda w: (w**2).sum(), params["w"])
+    with pytest.raises(jaxhvp.HVPError, match="must act on vectors shaped like params") as e:
+        jaxhvp.influence(logistic_loss, params, train, test, curvature=other)
+    assert "params is a dict but curvature.like is an array" in str(e.value)
+    assert "PyTreeDef" not in str(e.value)

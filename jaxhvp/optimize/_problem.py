@@ -16,6 +16,7 @@ import numpy as np
 
 from .._errors import HVPError
 from .._sharding import match_layout, ravel
+from .._structure import difference
 from ..operators import Operator, hessian_operator
 
 
@@ -158,8 +159,8 @@ class Problem:
         structure = jax.tree_util.tree_structure(tree)
         if structure != self.treedef:
             msg = (
-                f"{name} must return a pytree with the structure of x0 ({self.treedef}), "
-                f"but returned {structure}."
+                f"{name} must return a pytree with the structure of x0, but "
+                f"{difference(self.unravel(self.x0), tree, 'x0', name + '(...)')}."
             )
             raise HVPError(msg)
         leaves = jax.tree_util.tree_leaves(tree)
@@ -226,8 +227,8 @@ class Problem:
         structure = jax.tree_util.tree_structure(op.like)
         if structure != self.treedef:
             msg = (
-                f"curvature must return an operator on vectors with the structure of x0 "
-                f"({self.treedef}), but its vectors have structure {structure}."
+                "curvature must return an operator on vectors with the structure of x0, but "
+                f"{difference(self.unravel(self.x0), op.like, 'x0', 'op.like')}."
             )
             raise HVPError(msg)
         return op
