@@ -281,3 +281,33 @@ def test_operator_as_lineax_operator():
     convex = lineax.TaggedLinearOperator(operator, lineax.positive_semidefinite_tag)
     solution = lineax.linear_solve(convex, rhs, solver=lineax.CG(rtol=1e-12, atol=1e-12))
     assert_trees_close(solution.value, jnp.linalg.solve(hessian, rhs), rtol=1e-8, atol=1e-8)
+
+
+@jax.custom_vjp
+def _custom_vjp_loss(x):
+    return jnp.sum(jnp.sin(x) * x)
+
+
+def _custom_vjp_forward(x):
+    return jnp.sum(jnp.sin(x) * x), (x, jnp.cos(x))
+
+
+def _custom_vjp_backward(residuals, g):
+    x, cos = residuals
+    return (g * (jnp.sin(x) + x * cos),)
+
+
+_custom_vjp_loss.defvjp(_custom_vjp_forward, _custom_vjp_backward)
+
+
+def test_auto_leaves_out_compositions_jax_cannot_build():
+    """JAX has no forward mode through a jax.custom_vjp function, so rev-fwd fails to trace;
+    mode="auto" then chooses between the other two and gives the dense Hessian's product."""
+    x = jnp.linspace(0.1, 1.0, 4)
+    v = jnp.arange(4.0)
+    dense = jax.hessian(lambda x: jnp.sum(jnp.sin(x) * x))(x) @ v
+    with pytest.raises(NotImplementedError):
+        jaxhvp.hvp(_custom_vjp_loss, x, v, mode="rev-fwd")
+    np.testing.assert_allclose(jaxhvp.hvp(_custom_vjp_loss, x, v, mode="auto")[1], dense)
+    op = jaxhvp.hessian_operator(_custom_vjp_loss, x, mode="auto")
+    np.testing.assert_allclose(op.mv(v), dense)

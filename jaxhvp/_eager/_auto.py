@@ -90,9 +90,12 @@ def fastest(timed: Callable[[Any], Any], run: Callable[[Callable], Any]) -> Call
     favoured by running while the process is still warming up (memory being mapped, caches
     filling), and keeps the fastest by its best time: the default ``fwd-rev`` unless another
     is faster by more than ``MARGIN``, so that timing noise cannot trade it for an equal or
-    slower mode.
+    slower mode. A composition that JAX cannot build for this function (forward mode through
+    a ``jax.custom_vjp`` function: ``rev-fwd``) is left out; ``fwd-rev`` has run already.
     """
-    composes = list(MODES.values())
+    composes = [fwd_rev] + [
+        c for c in MODES.values() if c is not fwd_rev and _builds(timed, run, c)
+    ]
     for compose in composes:
         for _ in range(WARM_UP):  # compile, then warm up
             jax.block_until_ready(timed(run(compose)))
@@ -105,6 +108,14 @@ def fastest(timed: Callable[[Any], Any], run: Callable[[Callable], Any]) -> Call
             timings[compose] = min(timings[compose], time.perf_counter() - start)
     best = min(timings, key=timings.get)
     return best if timings[best] < (1 - MARGIN) * timings[fwd_rev] else fwd_rev
+
+
+def _builds(timed: Callable[[Any], Any], run: Callable[[Callable], Any], compose: Callable) -> bool:
+    try:
+        jax.block_until_ready(timed(run(compose)))
+    except NotImplementedError:  # a missing differentiation rule, e.g. jvp of custom_vjp
+        return False
+    return True
 
 
 def spanned_devices(tree: Any) -> tuple[jax.Device, ...]:
