@@ -34,13 +34,17 @@ def hessian(
     Memory grows with the square of the number of inputs: use :func:`hvp` for large problems.
 
     Args:
-      func, inputs, create_graph, strict, jit: as in :func:`hvp`.
+      func: as in :func:`hvp`.
+      inputs: as in :func:`hvp`.
+      create_graph: as in :func:`hvp`.
+      strict: as in :func:`hvp`.
       vectorize: if True, all Hessian rows are computed at once with ``jax.vmap``; if False
         (default), one row at a time with ``lax.map``, which bounds memory.
       outer_jacobian_strategy: ``"reverse-mode"`` (default; rows by ``jax.vjp`` of
         ``jax.grad``) or ``"forward-mode"`` (columns by ``jax.jvp`` of ``jax.grad``). As in
         torch, ``"forward-mode"`` needs ``vectorize=True`` and supports neither
         ``create_graph`` nor ``strict``.
+      jit: as in :func:`hvp`.
 
     Returns:
       For a single array of shape ``s``, an array of shape ``s + s``. For a tuple of ``n``

@@ -57,7 +57,9 @@ def block_operator(
       inputs: as in :func:`jaxhvp.hessian_operator` (one array, a tuple, or any pytree).
       select: a function picking the block from the inputs, e.g. ``lambda p: p["layer1"]``
         or ``lambda p: (p["w1"], p["b1"])``; it may only index and regroup, not compute.
-      mode, has_aux, jit: as in :func:`jaxhvp.hessian_operator`.
+      mode: as in :func:`jaxhvp.hessian_operator`.
+      has_aux: as in :func:`jaxhvp.hessian_operator`.
+      jit: as in :func:`jaxhvp.hessian_operator`.
 
     Returns:
       A :class:`jaxhvp.HessianOperator` whose vectors (and ``grad``) have the structure of
