@@ -118,8 +118,8 @@ def hvp(
         arrays each process holds alone takes ``"fwd-rev"``, untimed.
       has_aux: if True, ``func`` returns ``(output, aux)`` and ``aux`` is returned last, as in
         ``jax.jvp(..., has_aux=True)``.
-      jit: if True (default), an eager call runs a cached jit-compiled kernel (see the README's
-        "Eager calls" policy); if False, it runs op by op and reads everything afresh. Calls
+      jit: if True (default), an eager call runs a cached jit-compiled kernel (see
+        docs/eager.md); if False, it runs op by op and reads everything afresh. Calls
         under an outer ``jax.jit``, ``vmap`` or ``grad`` just trace, whatever this says.
 
     Returns:

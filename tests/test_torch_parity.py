@@ -62,7 +62,7 @@ def test_in_jax_terms():
 
 
 # Functions written once for both frameworks. Products of x with itself, not powers: torch's
-# derivative of x**2 keeps an x**0 term in its graph, which strict mode sees (README).
+# derivative of x**2 keeps an x**0 term in its graph, which strict mode sees (docs/strict.md).
 def cube(x):
     return (x * x * x).sum()
 

@@ -3,8 +3,9 @@
 Every estimator takes any :class:`jaxhvp.Operator` (Hessian, GGN, Fisher, empirical Fisher,
 batch, block, and their damped, scaled and summed combinations) or any symmetric
 ``matvec(v)`` over a pytree with ``like=``, and a PRNG ``key``; each runs as one compiled
-kernel and returns a small pytree of results. ``trace`` with ``method="hutchinson"`` or ``"xtrace"``
-needs the optional dependency ``matfree`` (``pip install 'jaxhvp[spectrum]'``).
+kernel and returns a small pytree of results. ``trace`` with ``method="hutchinson"`` or
+``"xtrace"`` needs the optional dependency ``matfree`` (``pip install matfree``, or the
+``spectrum`` extra from a clone).
 """
 
 from ._batched import batch_hessian_operator as batch_hessian_operator

@@ -147,7 +147,7 @@ def require_matfree(what: str) -> None:
         import matfree  # noqa: F401
     except ImportError as error:
         msg = (
-            f"{what} uses the optional dependency matfree: pip install 'jaxhvp[spectrum]' "
-            "(or pip install matfree)."
+            f"{what} uses the optional dependency matfree: pip install matfree (or, "
+            "from a clone of jaxhvp, pip install -e '.[spectrum]')."
         )
         raise ImportError(msg) from error
