@@ -5,9 +5,14 @@ Run ``python -m bench`` (or ``python -m bench --quick``) from the repository roo
 
 * ``problems``: the synthetic problems, each defined once in JAX and once in torch on the same
   numpy data, with a reference Hessian-vector product;
-* ``impls``: the implementation registry (name -> factory of a zero-argument callable);
-* ``measure``: the timing protocol, the correctness check and the memory measurement;
-* ``report``: CSV, JSON, the printed table and the plots;
+* ``impls``: the implementation registry (name -> factory of a zero-argument callable; the
+  diagnostic rows marked);
+* ``measure``: the correctness check, first call and memory measurement of each row;
+* ``fair``: the timing protocol: rows timed together, by rounds in a rotating order;
+* ``summary``: summary.md (every section), headline.md (the README's table);
+* ``minimize``, ``spectrum``: the optimiser and spectrum sections;
+* ``report``: CSV, JSON, the printed table and the figures;
+* ``interleaved``: the diagnostic tables of ``--diagnostics``;
 * ``_worker``: one (problem, implementation) in a fresh process, for peak memory.
 
 This module imports neither JAX nor torch: :func:`configure_threads` has to run first.

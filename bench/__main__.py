@@ -1,4 +1,6 @@
-"""``python -m bench``: jaxhvp against raw JAX and PyTorch; see ``python -m bench --help``."""
+"""``python -m bench``: jaxhvp's Hessian-vector products against hand-written JAX and PyTorch,
+and its optimiser and spectrum estimates against scipy and PyHessian, in one run with one
+summary (summary.md; headline.md for the README). Diagnostic rows only with --diagnostics."""
 
 from __future__ import annotations
 
@@ -16,30 +18,52 @@ from typing import Any
 from . import add_output_options, configure_threads
 
 EPILOG = """\
+Sections (--sections, default all three; only 'products' when --problems or --impls is
+given): 'products', the Hessian-vector products of jaxhvp, hand-written JAX and PyTorch on
+six problems; 'optimize', jit-compiled jaxhvp.minimize against scipy.optimize.minimize with
+JAX and with numpy callbacks (bench/minimize.py); 'spectrum', the top eigenvalue and trace
+of the MLP's Hessian with jaxhvp.spectrum and PyHessian, against float64 references
+(bench/spectrum.py; PyHessian's rows say so when it is not installed). summary.md holds them
+all under one header (device, versions, date), headline.md the header and the time per
+product with the speed-ups; optimize.md and spectrum.md are the two sections alone.
+
 Filters take names, shell globs or prefixes ending at '.', '(' or '[' (so 'jax' selects
 jax.grad and jax.jit(...) but not jaxhvp.*, and 'jaxhvp.hvp' every jaxhvp.hvp variant), or
 '=NAME' for exactly NAME, separated by spaces or commas; --list shows them. The curvlinops
 and BackPACK rows (framework torch) go by their own names: 'curvlinops', 'backpack'. The
 gradient of each framework used is always timed: it is the per_grad unit.
 
+Diagnostic rows (--list marks them) run only with --diagnostics or when --impls names them:
+jaxhvp.hvp's other modes (mode=rev-rev, rev-fwd, auto) and jit=False, and the per-call
+overhead rows ([top-level f], [fresh-data], [fresh-closure]). With them the run also writes
+interleaved.md (mode=auto against each mode; eager calls against a hand-written jit).
+
 Other suites: 'python -m bench allocator|gaps|inverse|sharding|training [--quick ...]' (each
 also runs as 'python -m bench.NAME'): allocator: the transformer's rows under glibc's default
 and raised malloc thresholds (page faults per call); gaps: minimal programs where XLA:CPU's
 code is slower than torch's; inverse products; the data-parallel operator on N simulated
-devices; second-order training against Adam.
+devices; second-order training against Adam. 'python -m bench.minimize' and
+'python -m bench.spectrum' run one section ('--sections optimize', '--sections spectrum').
 
 Every row is first checked against its reference, with its first call (compile) time and,
 in the full run, its peak memory in a fresh process (python -m bench._worker). Then each
 problem's rows are timed together in this process (bench/fair.py: same data and threads,
 blocks of calls by rounds in a rotating order): those are the times reported, and
 summary.md holds the comparisons a user reads (jaxhvp against hand-written JAX and each
-torch path, with the spread of the per-round ratios). interleaved.md: mode=auto against
-each mode, eager calls against a hand-written jit. --diagnostics also writes drift.md: each
-row timed in its own process beside the same row timed with the others.
+torch path, with the spread of the per-round ratios). --diagnostics also writes drift.md:
+each row timed in its own process beside the same row timed with the others.
 
---quick: smaller CNN and transformer, fewer repetitions, no torch.compile, batched rows at
-k = 1 and 8 only, 8 probes (not 32) in the Hutchinson diagonal rows, everything in this
-process (peak memory NaN), and shorter waits for a quiet machine.
+Files in --out: summary.md, summary.json, headline.md, optimize.md, spectrum.md (the
+sections that ran); results.csv, results.json and table.md (every product row: first call,
+peak memory, error); products.png, batched.png, ggn.png (grouped bars per family of rows,
+log scale); interleaved.md and drift.md with --diagnostics. --docs copies the markdown
+files and the figures to docs/bench/ and puts headline.md into README.md between its
+markers.
+
+--quick: smaller CNN and transformer, fewer repetitions, no torch.compile, 8 probes (not
+16) in the Hutchinson diagonal rows, everything in this process (peak memory NaN), shorter
+waits for a quiet machine, and small optimize and spectrum problems (n = 100 Rosenbrock; a
+64-32-32-10 MLP). The batched rows run at k = 1 and 8.
 
 The generalized Gauss-Newton rows (MLP and transformer) compare jaxhvp.gnvp, ggn_operator
 and spectrum.diagonal with curvlinops (GGNLinearOperator, hutchinson_diag), BackPACK
@@ -47,6 +71,9 @@ and spectrum.diagonal with curvlinops (GGNLinearOperator, hutchinson_diag), Back
 probe, or per exact diagonal. A row that cannot run on a problem is listed as skipped, with
 the reason.
 """
+
+SECTIONS = ("products", "optimize", "spectrum")
+TARGET_S = 0.5  # timed seconds per row in the fair pass, 10 rounds at least (quick: 0.1, 3)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -61,8 +88,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="the reduced suite (a few minutes on 2 cores)",
     )
+    p.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        metavar="S",
+        help="what to run: products, optimize, spectrum (default: all three; products only "
+        "when --problems or --impls is given)",
+    )
     p.add_argument("--problems", nargs="+", metavar="P", help="problems to run (default all)")
-    p.add_argument("--impls", nargs="+", metavar="I", help="implementations (default all)")
+    p.add_argument(
+        "--impls",
+        nargs="+",
+        metavar="I",
+        help="implementations (default: all but the diagnostic rows; a filter may name those)",
+    )
     add_output_options(p)
     p.add_argument(
         "--memory",
@@ -70,7 +110,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="a fresh process per row, with peak memory (default: on unless --quick)",
     )
-    p.add_argument("--target-time", type=float, help="timed seconds per row (1.0; quick 0.1)")
+    p.add_argument(
+        "--target-time",
+        type=float,
+        help=f"timed seconds per row in the fair pass ({TARGET_S}; quick 0.1)",
+    )
     p.add_argument("--min-reps", type=int, help="fewest timed calls per row (5; quick 3)")
     p.add_argument(
         "--timeout",
@@ -92,14 +136,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--diagnostics",
         action="store_true",
-        help="also write drift.md: each row timed in its own process against the same row "
-        "timed with the others, with page faults per call (needs --memory)",
+        help="also run the diagnostic rows (mode=, jit=False, [top-level f], [fresh-data], "
+        "[fresh-closure]) and write interleaved.md, and drift.md: each row timed in its own "
+        "process against the same row timed with the others, with page faults per call "
+        "(own processes with --memory)",
     )
     p.add_argument(
         "--docs",
         action="store_true",
-        help="also copy summary.md (and drift.md) to docs/bench/, where the docs include "
-        "them, and put summary.md into README.md between its markers",
+        help="also copy summary.md, headline.md, optimize.md, spectrum.md, the figures (and "
+        "drift.md) to docs/bench/, where the docs include them, and put headline.md into "
+        "README.md between its markers",
     )
     p.add_argument("--list", action="store_true", help="list problems and implementations")
     return p.parse_args(argv)
@@ -163,20 +210,137 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_threads(args.threads)  # before JAX and torch are imported
 
-    from . import fair, impls, interleaved, measure, problems, report, summary
+    from . import impls, measure, problems, report, summary
 
     measure.set_torch_threads(args.threads)
     registry = impls.by_name()
     if args.list:
         print("problems:", *problems.BUILDERS, sep="\n  ")
-        print("implementations:", *registry, sep="\n  ")
+        print(
+            "implementations (*: diagnostic, run with --diagnostics or when named):",
+            *(f"{n}{' *' * impl.diagnostic}" for n, impl in registry.items()),
+            sep="\n  ",
+        )
         return 0
+    sections = args.sections or (["products"] if args.problems or args.impls else list(SECTIONS))
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    products = None
+    if "products" in sections:
+        products = run_products(args, registry, argv)
+        if products is None:
+            print("nothing selected: see --list", file=sys.stderr)
+            return 2
+    elapsed = {"products": time.perf_counter() - started} if products else {}
+    extra: dict[str, Any] = {}
+    if "optimize" in sections:
+        from . import minimize
+
+        print("optimize: jaxhvp.minimize against scipy.optimize.minimize", file=sys.stderr)
+        start = time.perf_counter()
+        extra["optimize"] = minimize.run(args.quick)
+        elapsed["optimize"] = time.perf_counter() - start
+    if "spectrum" in sections:
+        from . import spectrum
+
+        print("spectrum: jaxhvp.spectrum against PyHessian on the MLP", file=sys.stderr)
+        start = time.perf_counter()
+        extra["spectrum"] = spectrum.run(args.quick)
+        elapsed["spectrum"] = time.perf_counter() - start
+    machine = products["meta"]["machine"] if products else report.machine_info(args.threads)
+    data = summary.build(
+        products["timings"] if products else {},
+        products["sizes"] if products else {},
+        machine,
+        quick=args.quick,
+        sections=extra,
+    )
+    data["elapsed_s"] = elapsed  # wall seconds per section, in summary.json only
+    written = summary.write(data, out)
+    files = [p.name for p in written]
+    if products:
+        files += write_products(products, out, args.diagnostics)
+    print("\n" + (out / "summary.md").read_text())
+    if args.docs:
+        copy_to_docs(out, files)
+    took = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in elapsed.items())
+    print(f"\n{took}; {args.threads} threads; results in {out}/ ({', '.join(files)})")
+    if products is None:
+        return 0
+    rows = products["rows"]
+    if not any(name.endswith(".png") for name in files):
+        print("no plots: matplotlib is not installed (pip install -e '.[bench]')")
+    failed = [
+        r
+        for r in rows
+        if r["status"] == "wrong"
+        or (r["status"] not in ("ok", "skipped") and not registry[r["base_impl"]].isolate)
+    ]
+    return 1 if args.check and failed else 0
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "bench"
+# What --docs copies to docs/bench/ (when the run wrote it); README.md embeds headline.md.
+DOCS_FILES = (
+    "summary.md",
+    "headline.md",
+    "optimize.md",
+    "spectrum.md",
+    "products.png",
+    "batched.png",
+    "ggn.png",
+    "drift.md",
+)
+
+
+def copy_to_docs(out: Path, files: list[str], docs: Path = DOCS) -> list[str]:
+    """Copies the files of :data:`DOCS_FILES` that this run wrote to ``docs``, and
+    headline.md into the README between its markers; returns the names copied."""
+    from . import summary
+
+    copied = [name for name in DOCS_FILES if name in files]
+    for name in copied:
+        (docs / name).write_bytes((out / name).read_bytes())
+    if "headline.md" in copied:
+        summary.embed((out / "headline.md").read_text(), docs.parent.parent / "README.md")
+    return copied
+
+
+def chosen_impls(args: argparse.Namespace, registry: dict[str, Any]) -> list[Any]:
+    """The rows to run: the ``--impls`` filter (default: every row but the diagnostic ones,
+    unless ``--diagnostics``), without torch.compile under ``--quick``, and the gradient of
+    each framework selected."""
+    from . import impls
+
+    impl_names = selected(list(registry), args.impls)
+    return [
+        impl
+        for impl in registry.values()
+        if (
+            impl.name in impl_names
+            and (impl.quick or not args.quick)
+            and (args.impls or args.diagnostics or not impl.diagnostic)
+        )
+        or (
+            impl.kind == "grad"
+            and any(impls.UNITS[registry[n].framework] == impl.name for n in impl_names)
+        )
+    ]
+
+
+def run_products(
+    args: argparse.Namespace, registry: dict[str, Any], argv: list[str] | None
+) -> dict[str, Any] | None:
+    """The products section: every selected row checked (first call, peak memory), then each
+    problem's rows timed together; None when nothing is selected."""
+    from . import fair, interleaved, measure, problems, report
 
     memory = not args.quick if args.memory is None else args.memory
     settings = measure.Settings(
         min_reps=args.min_reps or (3 if args.quick else 5),
         max_reps=50 if args.quick else 200,
-        target_s=args.target_time or (0.1 if args.quick else 1.0),
+        target_s=args.target_time or (0.1 if args.quick else TARGET_S),
         timeout_s=args.timeout,
         threads=args.threads,
     )
@@ -184,19 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     # is the fair pass's. Only --diagnostics times the first pass as fully, to compare.
     checking = settings if args.diagnostics else dataclasses.replace(settings, target_s=0.0)
     problem_names = selected(list(problems.BUILDERS), args.problems)
-    impl_names = selected(list(registry), args.impls)
-    chosen = [
-        impl
-        for impl in registry.values()
-        if (impl.name in impl_names and (impl.quick or not args.quick))
-        or (
-            impl.kind == "grad"
-            and any(impls.UNITS[registry[n].framework] == impl.name for n in impl_names)
-        )
-    ]
+    chosen = chosen_impls(args, registry)
     if not problem_names or not chosen:
-        print("nothing selected: see --list", file=sys.stderr)
-        return 2
+        return None
 
     started = time.perf_counter()
     built = {name: problems.build(name, args.quick) for name in problem_names}
@@ -206,8 +360,6 @@ def main(argv: list[str] | None = None) -> int:
         for impl in chosen
         for row, k in impl.row_names(built[p], args.quick)
     ]
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     checks: dict[str, dict[str, Any]] = {}
     guard = measure.QuietGuard(
@@ -266,7 +418,6 @@ def main(argv: list[str] | None = None) -> int:
     progress.close()
 
     report.add_per_grad(rows)
-    elapsed = time.perf_counter() - started
     meta = {
         "machine": report.machine_info(args.threads),
         "config": {
@@ -279,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             **dataclasses.asdict(settings),
         },
         "problems": checks,
-        "elapsed_s": elapsed,
+        "elapsed_s": time.perf_counter() - started,
         "quiet_guard": {
             "enabled": guard.enabled,
             "waited_s": guard.waited_s,
@@ -289,33 +440,42 @@ def main(argv: list[str] | None = None) -> int:
             "budget_s": guard.budget_s,
         },
     }
+    return {
+        "rows": rows,
+        "timings": timings,
+        "sizes": {name: problem.size for name, problem in built.items()},
+        "meta": meta,
+        "mode_rows": mode_rows,
+        "overhead_rows": overhead_rows,
+    }
+
+
+def write_products(products: dict[str, Any], out: Path, diagnostics: bool) -> list[str]:
+    """The products' files (results.csv, results.json, table.md, the figures, and the
+    diagnostic tables), the printed tables; returns the names written."""
+    from . import interleaved, report, summary
+
+    rows, meta = products["rows"], products["meta"]
     report.write_csv(rows, out / "results.csv")
     report.write_json(rows, meta, out / "results.json")
     (out / "table.md").write_text(report.markdown_table(rows) + "\n")
-    plots = report.plot(rows, out)
-
-    sizes = {name: problem.size for name, problem in built.items()}
-    written = summary.write(summary.build(timings, sizes, meta["machine"]), out)
-
+    files = ["results.csv", "results.json", "table.md"]
+    files += [p.name for p in report.plot(rows, out, summary.COLUMNS)]
     print()
     print(report.text_table(rows))
     overheads = report.overhead_summary(rows)
     if overheads:
         print("\n" + overheads)
-    if mode_rows or overhead_rows:
-        text = interleaved.markdown(mode_rows, overhead_rows)
+    if products["mode_rows"] or products["overhead_rows"]:
+        text = interleaved.markdown(products["mode_rows"], products["overhead_rows"])
         (out / "interleaved.md").write_text(text + "\n")
+        files.append("interleaved.md")
         print("\n" + text)
-    if args.diagnostics:
+    if diagnostics:
         text = report.drift_table(rows)
         (out / "drift.md").write_text(text + "\n")
+        files.append("drift.md")
         print("\n" + text)
-    print("\n" + written[0].read_text())
-    if args.docs:
-        docs = Path(__file__).resolve().parent.parent / "docs" / "bench"
-        for name in ["summary.md", *(["drift.md"] if args.diagnostics else [])]:
-            (docs / name).write_text((out / name).read_text())
-        summary.embed((out / "summary.md").read_text(), docs.parent.parent / "README.md")
     skipped = [r for r in rows if r["status"] == "skipped"]
     if skipped:
         print(
@@ -324,23 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     statuses = ("ok", "wrong", "error", "timeout", "skipped")
     counts = {s: sum(r["status"] == s for r in rows) for s in statuses}
-    files = [*(p.name for p in written), "results.csv", "results.json", "table.md"]
-    files += [p.name for p in plots]
-    files += ["interleaved.md"] if mode_rows or overhead_rows else []
-    files += ["drift.md"] if args.diagnostics else []
     print(
         f"\n{len(rows)} rows ({', '.join(f'{n} {s}' for s, n in counts.items() if n)}) in "
-        f"{elapsed:.0f} s; {args.threads} threads; results in {out}/ ({', '.join(files)})"
+        f"{meta['elapsed_s']:.0f} s"
     )
-    if not plots:
-        print("no plots: matplotlib is not installed (pip install -e '.[bench]')")
-    failed = [
-        r
-        for r in rows
-        if r["status"] == "wrong"
-        or (r["status"] not in ("ok", "skipped") and not registry[r["base_impl"]].isolate)
-    ]
-    return 1 if args.check and failed else 0
+    return files
 
 
 def _describe(problem: Any, agreement: dict[str, float]) -> dict[str, Any]:

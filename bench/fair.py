@@ -91,6 +91,32 @@ def time_rows(
     for name in names:
         for _ in range(1 + warmup):
             sync(calls[name]())
+
+    def one_block(name: str) -> tuple[float, float, float]:
+        call = calls[name]
+        settle(call, settle_s)
+        times = []
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(block - 1):
+            start = time.perf_counter()
+            sync(call())
+            times.append(time.perf_counter() - start)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        return statistics.median(times), faults / (block - 1), sum(times)
+
+    return _rotating_rounds(names, one_block, target_s, min_rounds, max_rounds)
+
+
+def _rotating_rounds(
+    names: list[str],
+    measure: Callable[[str], tuple[float, float, float]],
+    target_s: float,
+    min_rounds: int,
+    max_rounds: int,
+) -> dict[str, Timing]:
+    """Rounds of ``measure(name)`` -> (round time, faults per call, seconds spent) over every
+    row, in an order rotating by one row per round, with the garbage collector paused: at
+    least ``min_rounds``, more until each row has spent ``target_s`` (at most ``max_rounds``)."""
     timings = {name: Timing([], []) for name in names}
     spent = dict.fromkeys(names, 0.0)
     gc.collect()
@@ -100,22 +126,41 @@ def time_rows(
         while rounds < max_rounds and (rounds < min_rounds or min(spent.values()) < target_s):
             shift = rounds % len(names)
             for name in names[shift:] + names[:shift]:
-                call = calls[name]
-                settle(call, settle_s)
-                times = []
-                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-                for _ in range(block - 1):
-                    start = time.perf_counter()
-                    sync(call())
-                    times.append(time.perf_counter() - start)
-                faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-                timings[name].rounds.append(statistics.median(times))
-                timings[name].faults.append(faults / (block - 1))
-                spent[name] += sum(times)
+                seconds, faults, used = measure(name)
+                timings[name].rounds.append(seconds)
+                timings[name].faults.append(faults)
+                spent[name] += used
             rounds += 1
     finally:
         gc.enable()
     return timings
+
+
+def time_rounds(
+    calls: dict[str, Callable[[], Any]],
+    target_s: float,
+    min_rounds: int,
+    max_rounds: int = 100,
+    pause_s: float = SETTLE_S,
+) -> dict[str, Timing]:
+    """The protocol for calls that each take far longer than a framework's threads spin
+    after their parallel region (whole solves, spectrum estimates), where an untimed call
+    per block would double the cost: every row called once per round, after a pause of
+    ``pause_s``, in an order rotating by one per round; at least ``min_rounds`` rounds, more
+    until each row's timed calls add up to ``target_s`` (at most ``max_rounds``). Each
+    round's one time stands for its block median, so :func:`ratio` and the medians read
+    the same. The first calls (compilation) are the caller's: call each row once before."""
+
+    def one_call(name: str) -> tuple[float, float, float]:
+        time.sleep(pause_s)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = time.perf_counter()
+        sync(calls[name]())
+        seconds = time.perf_counter() - start
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+        return seconds, float(faults), seconds
+
+    return _rotating_rounds(list(calls), one_call, target_s, min_rounds, max_rounds)
 
 
 def ratio(numerator: Timing, denominator: Timing) -> tuple[float, float, float]:

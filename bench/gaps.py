@@ -611,7 +611,7 @@ def run_meta(options: argparse.Namespace, started: float) -> dict[str, Any]:
 
     return {
         "machine": report.machine_info(options.threads),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "wall_s": time.perf_counter() - started,
         "config": {"quick": options.quick, "threads": options.threads},
     }

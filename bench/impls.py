@@ -15,6 +15,11 @@ jaxhvp rows follow the installed version (:func:`jaxhvp_rows`): one per ``mode=`
 linearized-operator rows when ``jaxhvp.hessian_operator`` exists. A new row is one ``Impl``
 line and, if needed, a factory of a few lines.
 
+Rows marked ``diagnostic`` compare jaxhvp with itself (the other ``mode=`` values,
+``jit=False``, and the per-call overhead rows ``[top-level f]``, ``[fresh-data]``,
+``[fresh-closure]``): ``python -m bench`` runs them only with ``--diagnostics`` or when
+``--impls`` names them.
+
 The generalized Gauss-Newton rows (:func:`ggn_rows`, on the problems split as a model and a
 loss in output space) give ``G v = J^T H_L J v`` (``kind="ggn"``), Hutchinson's estimate of
 the GGN diagonal with ``k`` probes (``kind="diagonal"``: time per probe, the operator built
@@ -47,7 +52,7 @@ from . import problems
 
 MODES = ("fwd-rev", "rev-rev", "rev-fwd", "auto")
 CHUNK = 8  # vectors per chunk in the chunked batched rows
-PROBES = 32  # Hutchinson probes per call in the diagonal rows
+PROBES = 16  # Hutchinson probes per call in the diagonal rows (time per probe is reported)
 PROBES_QUICK = 8
 # The most outputs per example for which jaxhvp's exact GGN diagonal is run: it forms each
 # example's (outputs x outputs) loss Hessian block, eigendecomposes it, one vjp per output.
@@ -90,6 +95,9 @@ class Impl:
     reference: str | None = None  # the part of problems.references it is checked against
     slow: bool = False  # every call takes seconds: no warm-up, one timed call
     skip: Callable[[problems.Problem], str | None] | None = None  # why it cannot run there
+    # An internal comparison (python -m bench --diagnostics, or named with --impls): mode=
+    # rows, jit=False, the per-call overhead rows behind interleaved.md and the overhead line
+    diagnostic: bool = False
 
     @property
     def framework(self) -> str:
@@ -643,12 +651,14 @@ def jaxhvp_rows() -> tuple[list[Impl], list[Impl]]:
     single = [Impl("jaxhvp.hvp", jaxhvp_call(jaxhvp.hvp))]
     if "mode" in options:  # the default mode is the plain jaxhvp.hvp row
         single += [
-            Impl(f"jaxhvp.hvp(mode={m})", jaxhvp_call(jaxhvp.hvp, mode=m))
+            Impl(f"jaxhvp.hvp(mode={m})", jaxhvp_call(jaxhvp.hvp, mode=m), diagnostic=True)
             for m in MODES
             if m != options["mode"].default
         ]
     if "jit" in options:  # the kernel cache's opt-out: op by op
-        single.append(Impl("jaxhvp.hvp(jit=False)", jaxhvp_call(jaxhvp.hvp, jit=False)))
+        single.append(
+            Impl("jaxhvp.hvp(jit=False)", jaxhvp_call(jaxhvp.hvp, jit=False), diagnostic=True)
+        )
     single += [Impl("jaxhvp.vhp", jaxhvp_call(jaxhvp.vhp)), Impl("jaxhvp.hvp[jit]", jaxhvp_jit)]
     batched = [
         Impl("jaxhvp.hvp[loop]", jaxhvp_loop, kind="batched"),
@@ -698,13 +708,22 @@ def registry() -> list[Impl]:
             isolate=True,
         ),
         Impl("torch.double-backward", torch_double_backward),
-        # per-call overhead: a new closure over new data on every call
-        Impl("jaxhvp.hvp[top-level f]", jaxhvp_plain, kind="plain"),
-        Impl("jax.jit(jvp(grad))[top-level f]", jax_plain, kind="plain"),
-        Impl("jaxhvp.hvp[fresh-closure]", jaxhvp_fresh_closure, kind="overhead"),
-        Impl("jaxhvp.hvp[fresh-data]", jaxhvp_fresh_data, kind="overhead"),
-        Impl("jax.jit(jvp(grad))[fresh-data]", jax_fresh_data, kind="overhead"),
-        Impl("torch.autograd.functional.hvp[fresh-closure]", torch_fresh_closure, kind="overhead"),
+        # per-call overhead: a top-level f; a new closure over new data on every call
+        *(
+            dataclasses.replace(impl, diagnostic=True)
+            for impl in (
+                Impl("jaxhvp.hvp[top-level f]", jaxhvp_plain, kind="plain"),
+                Impl("jax.jit(jvp(grad))[top-level f]", jax_plain, kind="plain"),
+                Impl("jaxhvp.hvp[fresh-closure]", jaxhvp_fresh_closure, kind="overhead"),
+                Impl("jaxhvp.hvp[fresh-data]", jaxhvp_fresh_data, kind="overhead"),
+                Impl("jax.jit(jvp(grad))[fresh-data]", jax_fresh_data, kind="overhead"),
+                Impl(
+                    "torch.autograd.functional.hvp[fresh-closure]",
+                    torch_fresh_closure,
+                    kind="overhead",
+                ),
+            )
+        ),
         # k vectors per call
         *jaxhvp_batched,
         Impl("jax.jit(jvp(grad))[loop]", jax_loop, kind="batched"),

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from jax import lax
 
 F32 = np.float32
-KS = (1, 8, 64)  # vectors per call in the batched rows
+KS = (1, 8)  # vectors per call in the batched rows
 KS_QUICK = (1, 8)
 
 

@@ -42,7 +42,6 @@ COLUMNS = [
     "wall_s",
     "error",
 ]
-COLORS = {"jaxhvp": "tab:green", "jax": "tab:blue", "torch": "tab:orange"}
 
 
 def add_per_grad(rows: list[dict]) -> None:
@@ -275,6 +274,31 @@ def drift_table(rows: list[dict]) -> str:
 
 # --- plots -----------------------------------------------------------------------------------
 
+FIGSIZE = (8.0, 4.5)  # inches: a page's width
+DPI = 120
+# Each framework's hues, in order of appearance within a figure: jaxhvp green, JAX blue,
+# torch (curvlinops and BackPACK included) warm.
+PALETTES = {
+    "jaxhvp": ["#1b7837", "#7fbc41", "#00441b", "#b8e186", "#35978f"],
+    "jax": ["#2166ac", "#92c5de", "#053061", "#4393c3"],
+    "torch": [
+        "#d6604d",
+        "#f4a582",
+        "#b2182b",
+        "#8c510a",
+        "#dfc27d",
+        "#762a83",
+        "#c51b7d",
+        "#e08214",
+    ],
+}
+# The GGN figure's groups: the rows' kinds
+GGN_GROUPS = {
+    "ggn": "GGN product",
+    "diagonal": "Hutchinson, per probe",
+    "exact_diagonal": "exact diagonal",
+}
+
 
 def _pyplot() -> Any:
     """matplotlib's pyplot on the Agg backend (no display), or None when not installed."""
@@ -288,117 +312,148 @@ def _pyplot() -> Any:
     return matplotlib.pyplot
 
 
-def plot(rows: list[dict], out: Path) -> list[Path]:
-    """Time per HVP and HVP/grad ratio per problem and implementation (batched rows at k=8);
-    the batched rows' time per vector against k. Only rows with status ok are drawn. No plots
-    (an empty list) without matplotlib, which the ``bench`` extra installs."""
+def colors(series: list[tuple[str, str]]) -> dict[str, str]:
+    """A colour per series name, from its framework's palette in order: ``series`` is
+    ``[(name, framework), ...]``."""
+    used: dict[str, int] = {}
+    out = {}
+    for name, framework in series:
+        palette = PALETTES[framework]
+        out[name] = palette[used.get(framework, 0) % len(palette)]
+        used[framework] = used.get(framework, 0) + 1
+    return out
+
+
+def plot(rows: list[dict], out: Path, columns: tuple[tuple[str, str], ...] = ()) -> list[Path]:
+    """One figure of grouped bars per family of rows (log-scale time per product, whiskers
+    from the 20th to the 80th percentile over rounds), only rows with status ok:
+    ``products.png``: the summary's ``columns`` (``(label, row)``) on every problem;
+    ``batched.png``: the k-vector rows, grouped by problem and k; ``ggn.png``: the GGN
+    products, per-probe Hutchinson diagonals and exact diagonals. A figure without rows is
+    not drawn; no plots (an empty list) without matplotlib, which the ``bench`` extra
+    installs."""
     if _pyplot() is None:
         return []
     ok = [r for r in rows if r["status"] == "ok"]
-    paths = [
-        _dots(
-            ok,
-            "per_vector_s",
-            "time per HVP (GGN rows: per product, probe or exact diagonal), s (log scale; "
-            "whiskers p20-p80; dashed: each framework's gradient; hollow: noisy)",
-            out / "time_per_hvp.png",
-        ),
-        _dots(
-            [r for r in ok if r["kind"] != "grad"],
-            "per_grad",
-            "time per HVP (GGN rows: product, probe, exact diagonal) / the same framework's "
-            "gradient time (log scale; hollow: noisy)",
-            out / "hvp_grad_ratio.png",
-        ),
-    ]
+    paths = []
+    labels = dict((row, label) for label, row in columns)
+    single = [r for r in ok if r["k"] == 1 and r["impl"] in labels]
+    if single:
+        bars = [(r["problem"], labels[r["impl"]], r["framework"], r) for r in single]
+        order = [label for label, _ in columns]
+        problems = list(dict.fromkeys(r["problem"] for r in single))
+        bars.sort(key=lambda b: (problems.index(b[0]), order.index(b[1])))
+        paths.append(
+            _grouped_bars(
+                bars,
+                "One Hessian-vector product per call",
+                "time per product (ms, log scale)",
+                out / "products.png",
+            )
+        )
     batched = [r for r in ok if r["kind"] == "batched"]
     if batched:
-        paths.append(_batched(batched, out / "batched.png"))
+        bars = [(f"{r['problem']}, k={r['k']}", r["base_impl"], r["framework"], r) for r in batched]
+        problems = list(dict.fromkeys(r["problem"] for r in batched))
+        bars.sort(key=lambda b: (problems.index(b[3]["problem"]), b[3]["k"]))
+        paths.append(
+            _grouped_bars(
+                bars,
+                "k Hessian-vector products per call",
+                "time per product (ms, log scale)",
+                out / "batched.png",
+                legend_columns=2,
+            )
+        )
+    ggn = [r for r in ok if r["kind"] in GGN_GROUPS]
+    if ggn:
+        kinds = list(GGN_GROUPS)
+        bars = [
+            (f"{r['problem']}\n{GGN_GROUPS[r['kind']]}", r["base_impl"], r["framework"], r)
+            for r in ggn
+        ]
+        problems = list(dict.fromkeys(r["problem"] for r in ggn))
+        bars.sort(key=lambda b: (kinds.index(b[3]["kind"]), problems.index(b[3]["problem"])))
+        paths.append(
+            _grouped_bars(
+                bars,
+                "Generalized Gauss-Newton: product, Hutchinson diagonal, exact diagonal",
+                "ms per product, probe or diagonal (log scale)",
+                out / "ggn.png",
+                legend_columns=2,
+            )
+        )
     return paths
 
 
-def _dots(rows: list[dict], key: str, label: str, path: Path) -> Path:
+def _grouped_bars(
+    bars: list[tuple[str, str, str, dict]],
+    title: str,
+    ylabel: str,
+    path: Path,
+    legend_columns: int = 4,
+) -> Path:
+    """``bars``: ``(group, series, framework, row)``, drawn in that order within each group
+    (groups in order of first appearance); each bar the row's time per vector."""
     plt = _pyplot()
-    rows = [r for r in rows if r["kind"] != "batched" or r["k"] == 8]  # one k per batched impl
-    problems = list(dict.fromkeys(r["problem"] for r in rows)) or ["(no rows)"]
-    heights = [max(1, sum(r["problem"] == p for r in rows)) for p in problems]
-    fig, axes = plt.subplots(
-        len(problems),
-        1,
-        figsize=(9, 0.22 * sum(heights) + 0.9 * len(problems)),
-        gridspec_kw={"height_ratios": heights},
-        squeeze=False,
+    groups = list(dict.fromkeys(b[0] for b in bars))
+    series = list(dict.fromkeys((b[1], b[2]) for b in bars))
+    color = colors(series)
+    widest = max(sum(b[0] == g for b in bars) for g in groups)
+    width = 0.84 / widest
+    fig, ax = plt.subplots(figsize=FIGSIZE, layout="constrained")
+    drawn: dict[str, Any] = {}
+    for x, group in enumerate(groups):
+        mine = [b for b in bars if b[0] == group]
+        for i, (_, name, _, r) in enumerate(mine):
+            k = r["k"]
+            median = r["median_s"] / k * 1e3
+            low, high = r["p20_s"] / k * 1e3, r["p80_s"] / k * 1e3
+            yerr = [[max(median - low, 0)], [max(high - median, 0)]]
+            position = x + (i - (len(mine) - 1) / 2) * width
+            drawn[name] = ax.bar(
+                position,
+                median,
+                width * 0.92,
+                color=color[name],
+                yerr=yerr,
+                error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "0.25"},
+            )
+    ax.set_yscale("log")
+    _plain_log_ticks(ax)
+    ax.set_xticks(range(len(groups)), groups, fontsize=8)
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_ylabel(ylabel, fontsize=9)
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="y", which="major", alpha=0.35)
+    ax.grid(axis="y", which="minor", alpha=0.12)
+    ax.set_axisbelow(True)
+    names = [name for name, _ in series]
+    fig.legend(
+        [drawn[n] for n in names],
+        names,
+        loc="outside lower center",
+        ncol=legend_columns,
+        fontsize=7,
+        frameon=False,
     )
-    for ax, problem in zip(axes[:, 0], problems):
-        mine = [r for r in rows if r["problem"] == problem]
-        for y, r in enumerate(mine):
-            xerr = None
-            if key == "per_vector_s":
-                xerr = [
-                    [max(r["median_s"] - r["p20_s"], 0) / r["k"]],
-                    [max(r["p80_s"] - r["median_s"], 0) / r["k"]],
-                ]
-            color = COLORS[r["framework"]]
-            ax.errorbar(
-                r[key],
-                y,
-                xerr=xerr,
-                fmt="o",
-                color=color,
-                ms=4,
-                mfc="none" if r.get("noisy") else color,
-            )
-            if r["kind"] == "grad":
-                ax.axvline(r[key], color=COLORS[r["framework"]], ls="--", lw=0.8)
-        if key == "per_grad":
-            ax.axvline(1.0, color="grey", ls="--", lw=0.8)
-        ax.set_yticks(range(len(mine)), [r["impl"] for r in mine], fontsize=7)
-        ax.set_ylim(len(mine) - 0.5, -0.5)
-        ax.set_xscale("log")
-        ax.grid(axis="x", which="both", alpha=0.3)
-        ax.set_title(problem, fontsize=9, loc="left")
-        ax.tick_params(axis="x", labelsize=7)
-    axes[-1, 0].set_xlabel(label, fontsize=8)
-    handles = [plt.Line2D([], [], marker="o", ls="", color=c) for c in COLORS.values()]
-    fig.legend(handles, list(COLORS), loc="upper right", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
 
-def _batched(rows: list[dict], path: Path) -> Path:
-    plt = _pyplot()
-    problems = list(dict.fromkeys(r["problem"] for r in rows))
-    fig, axes = plt.subplots(1, len(problems), figsize=(11 * len(problems), 5.5), squeeze=False)
-    for ax, problem in zip(axes[0], problems):
-        mine = [r for r in rows if r["problem"] == problem]
-        for i, name in enumerate(dict.fromkeys(r["base_impl"] for r in mine)):
-            series = sorted((r["k"], r["per_vector_s"]) for r in mine if r["base_impl"] == name)
-            framework = next(r["framework"] for r in mine if r["base_impl"] == name)
-            ax.plot(
-                *zip(*series),
-                marker="o",
-                label=name,
-                color=plt.cm.tab20(i % 20),
-                linestyle={"jaxhvp": "-", "jax": "--", "torch": ":"}[framework],
-            )
-        ax.set(
-            xscale="log",
-            yscale="log",
-            xlabel="vectors per call, k",
-            ylabel="time per vector, s",
-            title=f"{problem}: time per vector against k",
-        )
-        ax.grid(which="both", alpha=0.3)
-        ax.legend(
-            fontsize=7,
-            title="solid jaxhvp, dashed jax, dotted torch",
-            title_fontsize=7,
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1),
-        )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+def _plain_log_ticks(ax: Any) -> None:
+    """Tick labels as plain numbers (0.01, 2, 50, 1000); the minor ticks labelled too on an
+    axis spanning less than two decades (2x and 5x) or one (all)."""
+    from matplotlib.ticker import FuncFormatter
+
+    low, high = ax.get_ylim()
+    leads = range(2, 10) if high / low < 10 else (2, 5) if high / low < 100 else ()
+
+    def minor(y: float, _: Any) -> str:
+        lead = round(y / 10 ** math.floor(math.log10(y)), 6)
+        return f"{y:g}" if lead in leads else ""
+
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: f"{y:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(minor))
+    ax.tick_params(axis="y", which="minor", labelsize=7)

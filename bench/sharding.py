@@ -332,7 +332,7 @@ def run(options: argparse.Namespace) -> tuple[list[Row], dict]:
     meta = {
         **report.machine_info(default_threads()),
         "processor": platform.processor(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "devices": devices,
         "problem": problem.description.split(",")[0] + ", tanh, cross-entropy",
         "parameters": problem.size,

@@ -1,40 +1,36 @@
-"""Top eigenvalue and trace of the benchmark MLP's loss Hessian: jaxhvp.spectrum and PyHessian.
+"""The spectrum comparison: top eigenvalue and trace of the benchmark MLP's loss Hessian,
+jaxhvp.spectrum against PyHessian.
 
-The model is the benchmark suite's ``mlp`` problem (``bench/problems.py``: 784-512-512-10,
-tanh, cross-entropy, batch 256, 669,706 float32 parameters), with the same weights and data
-in both frameworks. Each row times the whole computation a user runs: building the Hessian
-(``jaxhvp.hessian_operator``; PyHessian's ``hessian(model, criterion, data)``, one backward
-pass with ``create_graph=True``) and then the estimate. ``first`` is the first call
-(compilation included for JAX), ``median`` the median of the timed repetitions after it,
-which run in rounds, every case once per round, so that load changes hit all alike.
+Part of ``python -m bench`` (``--sections spectrum``; ``python -m bench.spectrum [--quick]``
+runs it alone). The model is the benchmark suite's ``mlp`` problem (``bench/problems.py``:
+784-512-512-10, tanh, cross-entropy, batch 256, 669,706 float32 parameters; ``--quick``: a
+64-32-32-10 MLP at batch 64), with the same weights and data in both frameworks. Each row
+times the whole computation a user runs: building the Hessian (``jaxhvp.hessian_operator``;
+PyHessian's ``hessian(model, criterion, data)``, one backward pass with
+``create_graph=True``) and then the estimate. ``first call`` is the first call (compilation
+included for JAX); then every row runs once per round, in an order rotating by one per round
+(:func:`bench.fair.time_rounds`): a time is the median over rounds with its quartiles, and
+``PyHessian / this row`` the median of the per-round ratios of PyHessian's time for the same
+quantity over the row's.
 
 References, in float64 with JAX: the top eigenvalue by ``spectrum.eigenvalues`` at
 ``tol=1e-10`` (residual-checked), the trace by Hutch++ with many probes (an estimate, with
-its standard error). Run from the repository root::
+its standard error).
 
-    python -m bench.spectrum [--quick] [--json rows.json]
-
-PyHessian is optional (``pip install --no-deps pyhessian``; version 0.1 needs only torch
-and numpy); without it the PyHessian rows say why they are missing.
+PyHessian is optional (in the bench and test extras; ``pip install pyhessian==0.1``, which
+needs only torch and numpy); without it the PyHessian rows say that it is missing.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib
-import json
 import math
-import os
-import statistics
 import sys
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: bench
 
 import jax
 import jax.numpy as jnp
@@ -43,11 +39,18 @@ import torch
 
 import jaxhvp
 import jaxhvp.spectrum as spectrum
-from bench import problems
+
+from . import fair, problems
 
 EIG_TOL = 1e-3  # PyHessian's default tolerance (on the eigenvalue's change, there)
 TRACE_PROBES = 99  # Hutch++ splits its products in thirds
 PYHESSIAN_MAX_ITER = 100  # PyHessian's default for both quantities
+ROUNDS, QUICK_ROUNDS = 7, 3
+PYHESSIAN = {  # the PyHessian row of each quantity
+    "top_eigenvalue": "PyHessian eigenvalues (power iteration)",
+    "trace": "PyHessian trace (Hutchinson)",
+}
+INSTALL = "pip install pyhessian==0.1"
 
 
 @dataclasses.dataclass
@@ -61,36 +64,35 @@ class Case:
     summary: Callable[[Any], dict]  # -> {"value", "hvps", and optionally "stderr", ...}
 
 
-def measure(cases: list[Case], reps: int) -> list[dict]:
-    """First calls in order, then ``reps`` rounds timing every case once per round.
-
-    Interleaving the cases spreads the machine's load changes over all of them alike.
-    """
+def measure(cases: list[Case], rounds: int) -> list[dict]:
+    """First calls in order, then ``rounds`` rounds timing every case once per round, in an
+    order rotating by one per round; ratios against PyHessian's row of the same quantity."""
     rows = []
     for case in cases:
         start = time.perf_counter()
         result = case.fn()
         first = time.perf_counter() - start
-        rows.append({"first_call_s": first, "times": [], **case.summary(result)})
-    for _ in range(reps):
-        for case, r in zip(cases, rows):
-            start = time.perf_counter()
-            case.fn()
-            r["times"].append(time.perf_counter() - start)
-    return [
-        {
-            "problem": "mlp",
-            "kind": case.kind,
-            "impl": case.impl,
-            "framework": case.framework,
-            **r,
-            "median_s": statistics.median(r["times"]),
-            "p20_s": float(np.percentile(r["times"], 20)),
-            "p80_s": float(np.percentile(r["times"], 80)),
-            "reps": reps,
-        }
-        for case, r in zip(cases, rows)
-    ]
+        rows.append({"first_call_s": first, **case.summary(result)})
+    timings = fair.time_rounds({c.impl: c.fn for c in cases}, 0.0, rounds, rounds)
+    out = []
+    for case, r in zip(cases, rows):
+        t = timings[case.impl]
+        pyhessian = None if case.impl in PYHESSIAN.values() else timings.get(PYHESSIAN[case.kind])
+        out.append(
+            {
+                "kind": case.kind,
+                "impl": case.impl,
+                "framework": case.framework,
+                **r,
+                "times": t.rounds,
+                "median_s": t.median_s,
+                "p25_s": t.percentile_s(25),
+                "p75_s": t.percentile_s(75),
+                "pyhessian_over": None if pyhessian is None else fair.ratio(pyhessian, t),
+                "rounds": len(t.rounds),
+            }
+        )
+    return out
 
 
 # --- jaxhvp ----------------------------------------------------------------------------------
@@ -99,9 +101,10 @@ def measure(cases: list[Case], reps: int) -> list[dict]:
 def jax_cases(problem: problems.Problem) -> list[Case]:
     params = jax.tree.map(jnp.asarray, problem.params)
     data = jax.tree.map(jnp.asarray, problem.data)
+    jax_loss = problem.jax_loss  # the loss reads the data and this function, not the problem
 
     def loss(p: dict) -> jax.Array:
-        return problem.jax_loss(p, data)
+        return jax_loss(p, data)
 
     def top(tol: float | None) -> Callable[[], Any]:
         def run() -> Any:
@@ -153,7 +156,8 @@ def references(problem: problems.Problem, trace_probes: int) -> dict[str, tuple[
             k: jnp.asarray(x, jnp.float64 if x.dtype.kind == "f" else x.dtype)
             for k, x in problem.data.items()
         }
-        op = jaxhvp.hessian_operator(lambda p: problem.jax_loss(p, data), params)
+        jax_loss = problem.jax_loss
+        op = jaxhvp.hessian_operator(lambda p: jax_loss(p, data), params)
         eig = spectrum.eigenvalues(op, key=jax.random.key(1), tol=1e-10, max_matvecs=3000)
         assert bool(eig.converged[0]), eig
         est = spectrum.trace(
@@ -189,48 +193,72 @@ class TorchMLP(torch.nn.Module):
         return x
 
 
+def pyhessian_version() -> str | None:
+    """The installed PyHessian's version (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("pyhessian")
+    except PackageNotFoundError:
+        return None
+
+
 def pyhessian_cases(problem: problems.Problem) -> tuple[list[Case], list[str]]:
-    """The PyHessian cases (none, with the reason, if it is missing) and notes."""
+    """The PyHessian cases (none if it is missing) and notes. On a GPU, PyHessian's model
+    and data are on the GPU (its ``cuda=True``)."""
     try:
         import pyhessian
 
         # The package's __init__ rebinds pyhessian.hessian to the class: fetch the module.
         pyhessian_hessian = importlib.import_module("pyhessian.hessian")
-    except ImportError as error:
-        return [], [f"PyHessian is not installed ({error}); pip install --no-deps pyhessian"]
-    model = TorchMLP(problem.params)
+    except ImportError:
+        return [], []
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    model = TorchMLP(problem.params).to(device)
     criterion = torch.nn.CrossEntropyLoss()
-    x = torch.from_numpy(problem.data["x"].copy())
-    y = torch.from_numpy(problem.data["y"].astype(np.int64))
+    x = torch.from_numpy(problem.data["x"].copy()).to(device)
+    y = torch.from_numpy(problem.data["y"].astype(np.int64)).to(device)
     with torch.no_grad():
         torch_loss = float(criterion(model(x), y))
     jax_loss = float(problem.jax_loss(problem.params, problem.data))
-    notes = [f"same model: torch loss {torch_loss:.7g}, JAX loss {jax_loss:.7g}"]
+    notes = [f"The same model in both: torch loss {torch_loss:.7g}, JAX loss {jax_loss:.7g}."]
 
     products = [0]  # PyHessian's single-batch products all go through this function
-    original = pyhessian_hessian.hessian_vector_product
+    # Counted once however often the cases are built (the original stays reachable).
+    original = getattr(
+        pyhessian_hessian.hessian_vector_product,
+        "__wrapped__",
+        pyhessian_hessian.hessian_vector_product,
+    )
 
     def counted(*args: Any) -> Any:
         products[0] += 1
         return original(*args)
 
+    counted.__wrapped__ = original  # type: ignore[attr-defined]
     pyhessian_hessian.hessian_vector_product = counted
 
     def comp() -> Any:
         with warnings.catch_warnings():  # backward(create_graph=True) warns of a ref cycle
             warnings.simplefilter("ignore")
-            return pyhessian.hessian(model, criterion, data=(x, y), cuda=False)
+            return pyhessian.hessian(model, criterion, data=(x, y), cuda=cuda)
 
     def top() -> Any:
         products[0] = 0
         torch.manual_seed(0)
         values, _ = comp().eigenvalues(maxIter=PYHESSIAN_MAX_ITER, tol=EIG_TOL, top_n=1)
+        if cuda:
+            torch.cuda.synchronize()
         return values[0], products[0]
 
     def trace() -> Any:
         products[0] = 0
         torch.manual_seed(0)
-        return comp().trace(maxIter=PYHESSIAN_MAX_ITER, tol=EIG_TOL), products[0]
+        samples = comp().trace(maxIter=PYHESSIAN_MAX_ITER, tol=EIG_TOL)
+        if cuda:
+            torch.cuda.synchronize()
+        return samples, products[0]
 
     def trace_summary(result: Any) -> dict:
         samples, count = result
@@ -239,71 +267,128 @@ def pyhessian_cases(problem: problems.Problem) -> tuple[list[Case], list[str]]:
 
     try:
         comp().density(iter=5, n_v=1)
-        notes.append("PyHessian density: ran")
+        notes.append("PyHessian's `density` ran.")
     except Exception as error:  # reported as found
+        message = str(error).splitlines()[0].replace("`", "'")
         notes.append(
-            f"PyHessian density fails with torch {torch.__version__}: "
-            f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            f"PyHessian's `density` fails with torch {torch.__version__}: "
+            f"{type(error).__name__}: {message}"
         )
     cases = [
         Case(
             "top_eigenvalue",
-            "PyHessian eigenvalues (power iteration)",
+            PYHESSIAN["top_eigenvalue"],
             "torch",
             top,
             lambda r: {"value": float(r[0]), "hvps": r[1]},
         ),
-        Case("trace", "PyHessian trace (Hutchinson)", "torch", trace, trace_summary),
+        Case("trace", PYHESSIAN["trace"], "torch", trace, trace_summary),
     ]
     return cases, notes
+
+
+def problem_for(quick: bool) -> problems.Problem:
+    """The suite's MLP; ``quick``: a 64-32-32-10 MLP at batch 64."""
+    if quick:
+        return problems._mlp(True, batch=64, widths=(64, 32, 32, 10))
+    return problems.build("mlp", quick=False)
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """Every row, timed as the module docstring says, with the float64 references."""
+    problem = problem_for(quick)
+    torch_cases, notes = pyhessian_cases(problem)
+    rows = measure(jax_cases(problem) + torch_cases, QUICK_ROUNDS if quick else ROUNDS)
+    refs = references(problem, 300 if quick else 999)
+    version = pyhessian_version()
+    if not torch_cases:  # the rows stay, saying why they did not run
+        rows += [
+            {"kind": kind, "impl": impl, "framework": "torch", "missing": True}
+            for kind, impl in PYHESSIAN.items()
+        ]
+    for r in rows:
+        if not r.get("missing"):
+            r["rel_err"] = abs(r["value"] - refs[r["kind"]][0]) / abs(refs[r["kind"]][0])
+    return {
+        "quick": quick,
+        "problem": f"{problem.description}, {problem.size:,} float32 parameters",
+        "pyhessian": version,
+        "jax_device": str(jax.devices()[0].device_kind),
+        "torch_device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "protocol": PROTOCOL,
+        "rows": rows,
+        "references": refs,
+        "notes": notes,
+    }
+
+
+PROTOCOL = (
+    "Each time covers building the Hessian (`jaxhvp.hessian_operator`; PyHessian's "
+    "`hessian(model, criterion, data)`) and the estimate; `first call` includes JAX's "
+    "compilation. After the first calls every row runs once per round, in an order that "
+    "rotates by one per round: a time is the median over rounds with the 25th-75th "
+    "percentiles, `PyHessian / this row` the median of the per-round ratios of PyHessian's "
+    "time for the same quantity over this row's (above 1: this row faster). PyHessian runs "
+    f"with its defaults (`maxIter={PYHESSIAN_MAX_ITER}`, `tol={EIG_TOL:g}`); jaxhvp's traces "
+    f"take {TRACE_PROBES} probes. References in float64: the top eigenvalue by "
+    "`eigenvalues(tol=1e-10)` (residual-checked), the trace by Hutch++ with many probes (with "
+    "its standard error)."
+)
 
 
 # --- report ----------------------------------------------------------------------------------
 
 
-def table(rows: list[dict], refs: dict[str, tuple[float, float]]) -> str:
+def _ratio(r: Any) -> str:
+    return "-" if r is None else f"{r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}]"
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The section's text: the problem and protocol, the table, the references and notes."""
+    version = data["pyhessian"]
+    installed = f"PyHessian {version}" if version else f"PyHessian not installed (`{INSTALL}`)"
     lines = [
+        f"{data['problem']}; {installed}; JAX device: {data['jax_device']}, torch device: "
+        f"{data['torch_device']}. {data['protocol']}",
+        "",
         "| quantity | implementation | value | rel. error vs float64 reference | Hessian "
-        "products | median (s) [p20, p80] | first call (s) |",
-        "|---|---|---|---|---|---|---|",
+        "products | time (s) [p25-p75] | PyHessian / this row | first call (s) | rounds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        ref, ref_err = refs[r["kind"]]
-        err = abs(r["value"] - ref) / abs(ref)
+    for r in data["rows"]:
+        kind = r["kind"].replace("_", " ")
+        if r.get("missing"):
+            cells = [kind, r["impl"], f"not run: PyHessian is not installed (`{INSTALL}`)"]
+            lines.append("| " + " | ".join(cells + ["-"] * 6) + " |")
+            continue
         value = f"{r['value']:.6g}" + (f" ± {r['stderr']:.3g}" if "stderr" in r else "")
-        lines.append(
-            f"| {r['kind'].replace('_', ' ')} | {r['impl']} | {value} | {err:.2e} | {r['hvps']} "
-            f"| {r['median_s']:.3f} [{r['p20_s']:.3f}, {r['p80_s']:.3f}] "
-            f"| {r['first_call_s']:.2f} |"
-        )
-    for kind, (ref, ref_err) in refs.items():
+        cells = [
+            kind,
+            r["impl"],
+            value,
+            f"{r['rel_err']:.2e}",
+            str(r["hvps"]),
+            f"{r['median_s']:.3f} [{r['p25_s']:.3f}-{r['p75_s']:.3f}]",
+            _ratio(r["pyhessian_over"]),
+            f"{r['first_call_s']:.2f}",
+            str(r["rounds"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for kind, (ref, ref_err) in data["references"].items():
         spread = f" ± {ref_err:.3g} (standard error)" if ref_err else " (residual-checked)"
-        lines.append(f"\nReference {kind.replace('_', ' ')}: {ref:.8g}{spread}.")
+        lines.append(f"Reference {kind.replace('_', ' ')}: {ref:.8g}{spread}.")
+    lines += [*(["", *data["notes"]] if data["notes"] else [])]
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repetitions and probes")
-    parser.add_argument("--json", type=Path, help="also write the rows here")
-    args = parser.parse_args()
-    reps = 2 if args.quick else 7
-    problem = problems.build("mlp", quick=False)
-    print(
-        f"{problem.description}: {problem.size} parameters; jax {jax.__version__} "
-        f"({jax.default_backend()}), torch {torch.__version__} ({torch.get_num_threads()} "
-        f"threads), {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start"
-    )
-    torch_cases, notes = pyhessian_cases(problem)
-    rows = measure(jax_cases(problem) + torch_cases, reps)
-    refs = references(problem, 300 if args.quick else 999)
-    print(table(rows, refs))
-    for note in notes:
-        print(f"\n{note}")
-    print(f"\nload average {os.getloadavg()[0]:.2f} at the end")
-    if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "references": refs}, indent=1))
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.spectrum [options]``: ``python -m bench --sections spectrum``."""
+    from .__main__ import main as bench_main
+
+    given = sys.argv[1:] if argv is None else list(argv)
+    return bench_main(["--sections", "spectrum", *given])
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

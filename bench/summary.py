@@ -1,6 +1,10 @@
 """``summary.md``: the comparisons a user reads, from the rows timed together by
 :mod:`bench.fair`: time per product, jaxhvp's speed-up over each path with its spread
-across rounds, and each framework's product over its own gradient."""
+across rounds, and each framework's product over its own gradient; then the sections of
+the same run (the optimiser comparison, :mod:`bench.minimize`; the spectrum comparison,
+:mod:`bench.spectrum`), each also written alone (``optimize.md``, ``spectrum.md``).
+``headline.md`` is the short form the README embeds: the device line and the time per
+product with the speed-ups."""
 
 from __future__ import annotations
 
@@ -45,8 +49,11 @@ def build(
     timings: dict[str, dict[int, dict[str, fair.Timing]]],
     parameters: dict[str, int],
     machine: dict[str, Any],
+    quick: bool = False,
+    sections: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The summary as JSON-able data: per problem, the medians, the ratios and spreads."""
+    """The summary as JSON-able data: per problem, the medians, the ratios and spreads; and
+    the other sections' data (``{"optimize": ..., "spectrum": ...}``, those that ran)."""
     problems = []
     for name, groups in timings.items():
         single = groups.get(1, {})
@@ -73,9 +80,11 @@ def build(
     return {
         "date": datetime.date.today().isoformat(),
         "device": device(machine),
+        "quick": quick,
         "machine": machine,
         "protocol": PROTOCOL,
         "problems": problems,
+        "sections": dict(sections or {}),
     }
 
 
@@ -108,20 +117,29 @@ def _table(head: list[str], body: list[list[str]]) -> list[str]:
     return lines + ["| " + " | ".join(cells) + " |" for cells in body]
 
 
-def markdown(summary: dict[str, Any]) -> str:
+def header(summary: dict[str, Any]) -> str:
+    """The first line of every generated file: device, versions, date (and a quick run says
+    so: its problems are reduced)."""
     m = summary["machine"]
-    problems = summary["problems"]
-    present = [(c, r) for c, r in COLUMNS if any(r in p["median_s"] for p in problems)]
-    lines = [
+    line = (
         f"Device: {summary['device']}. JAX {m['jax']} (jaxlib {m['jaxlib']}), "
         f"torch {m['torch']}, Python {m['python']}, jaxhvp {m['jaxhvp']} "
-        f"({m['jaxhvp_commit'] or 'no commit'}); {summary['date']}.",
-        "",
-        summary["protocol"],
-        "",
-        "Time per Hessian-vector product (ms):",
-        "",
-    ]
+        f"({m['jaxhvp_commit'] or 'no commit'}); {summary['date']}."
+    )
+    if summary.get("quick"):
+        line += " A `--quick` run: reduced problems and repetitions, not the full suite."
+    return line
+
+
+def _present(problems: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return [(c, r) for c, r in COLUMNS if any(r in p["median_s"] for p in problems)]
+
+
+def products_markdown(summary: dict[str, Any]) -> str:
+    """The products' tables: time per product, the speed-ups, the products in gradients."""
+    problems = summary["problems"]
+    present = _present(problems)
+    lines = [summary["protocol"], "", "Time per Hessian-vector product (ms):", ""]
     lines += _table(
         ["problem", "parameters", *(c for c, _ in present)],
         [
@@ -167,6 +185,63 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# (section key, heading in summary.md, file written alone)
+SECTIONS = (
+    ("optimize", "Second-order optimisers: jaxhvp.minimize against scipy", "optimize.md"),
+    ("spectrum", "Top eigenvalue and trace: jaxhvp.spectrum against PyHessian", "spectrum.md"),
+)
+
+
+def section_markdown(key: str, data: dict[str, Any]) -> str:
+    """A section's text, from its module (:mod:`bench.minimize`, :mod:`bench.spectrum`)."""
+    if key == "optimize":
+        from . import minimize
+
+        return minimize.markdown(data)
+    from . import spectrum
+
+    return spectrum.markdown(data)
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    """``summary.md``: the header, the products (when they ran), then the other sections."""
+    parts = [header(summary)]
+    if summary["problems"]:
+        parts.append("### Hessian-vector products\n\n" + products_markdown(summary))
+    for key, heading, _ in SECTIONS:
+        if key in summary["sections"]:
+            text = section_markdown(key, summary["sections"][key])
+            parts.append(f"### {heading}\n\n{text}")
+    return "\n\n".join(parts)
+
+
+def headline(summary: dict[str, Any]) -> str:
+    """``headline.md``: the header and one table, each path's time per product with its
+    time over jaxhvp's in brackets (the README embeds it)."""
+    problems = summary["problems"]
+    present = _present(problems)
+    lines = [
+        header(summary),
+        "",
+        "Time per Hessian-vector product in ms; in parentheses, the path's time over jaxhvp's "
+        "(median of per-round ratios; above 1: jaxhvp faster):",
+        "",
+    ]
+
+    def cell(p: dict[str, Any], row: str) -> str:
+        ms, ratio = _ms(p["median_s"].get(row)), p["speedup"].get(row)
+        return ms if ratio is None or ms == "-" else f"{ms} ({ratio[0]:.2f}x)"
+
+    lines += _table(
+        ["problem", "parameters", *(c for c, _ in present)],
+        [
+            [p["problem"], f"{p['parameters']:,}", *(cell(p, r) for _, r in present)]
+            for p in problems
+        ],
+    )
+    return "\n".join(lines)
+
+
 def others_head(columns: list[tuple[str, str]]) -> list[str]:
     return [f"{column} / jaxhvp" for column, _ in columns]
 
@@ -190,6 +265,17 @@ def embedded(path: Path) -> str:
 
 
 def write(summary: dict[str, Any], out: Path) -> list[Path]:
+    """summary.md and summary.json; headline.md when the products ran; each section's file
+    (optimize.md, spectrum.md) with the same header."""
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     (out / "summary.md").write_text(markdown(summary) + "\n")
-    return [out / "summary.md", out / "summary.json"]
+    written = [out / "summary.md", out / "summary.json"]
+    if summary["problems"]:
+        (out / "headline.md").write_text(headline(summary) + "\n")
+        written.append(out / "headline.md")
+    for key, _, name in SECTIONS:
+        if key in summary["sections"]:
+            text = section_markdown(key, summary["sections"][key])
+            (out / name).write_text(f"{header(summary)}\n\n{text}\n")
+            written.append(out / name)
+    return written

@@ -35,7 +35,7 @@ REQUIRED = {
 }
 TOLERANCE = 1e-3
 # The plots need matplotlib, which the bench extra installs and the test extra may not.
-PLOTS = ["time_per_hvp.png", "hvp_grad_ratio.png"] if importlib.util.find_spec("matplotlib") else []
+PLOTS = ["products.png"] if importlib.util.find_spec("matplotlib") else []
 
 
 def run_bench(out: Path, *args: str) -> list[dict]:
@@ -54,7 +54,8 @@ def run_bench(out: Path, *args: str) -> list[dict]:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "rel err" in proc.stdout  # the table was printed
-    for name in ["summary.md", "summary.json", "results.csv", "results.json", *PLOTS]:
+    files = ["summary.md", "summary.json", "headline.md", "results.csv", "results.json"]
+    for name in [*files, *PLOTS]:
         assert (out / name).stat().st_size > 0, name
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
@@ -67,6 +68,7 @@ def run_bench(out: Path, *args: str) -> list[dict]:
     meta = json.loads((out / "results.json").read_text())
     assert {"jax", "torch", "python", "threads", "cpu"} <= set(meta["machine"])
     assert len(meta["rows"]) == len(rows)
+    assert not (out / "optimize.md").exists()  # filtered rows: the products section only
     return rows
 
 
@@ -82,8 +84,16 @@ def test_quick_suite_outputs_and_correctness(tmp_path):
         "torch.double-backward",
     ]
     rows = run_bench(
-        tmp_path, "--problems", "rosenbrock10", "--impls", *(f"={name}" for name in impls)
+        tmp_path,
+        "--diagnostics",
+        "--problems",
+        "rosenbrock10",
+        "--impls",
+        *(f"={name}" for name in impls),
     )
+    # --diagnostics: the eager-against-jit table of the rows timed together, and the drift
+    assert "| rosenbrock10 | " in (tmp_path / "interleaved.md").read_text()
+    assert "| rosenbrock10 | jaxhvp.hvp | " in (tmp_path / "drift.md").read_text()
     names = [row["impl"] for row in rows]
     assert sorted(names) == sorted(["jax.grad", "torch.autograd.grad", *impls])  # + units
     for row in rows:
@@ -322,10 +332,3 @@ def test_embed_replaces_only_the_marked_block(tmp_path):
     page.write_text("no markers\n")
     with pytest.raises(ValueError, match="needs one"):
         summary.embed("x", page)
-
-
-def test_the_readme_embeds_the_generated_summary_unchanged():
-    """``python -m bench --docs`` writes both; a hand edit of either fails here."""
-    generated = (ROOT / "docs" / "bench" / "summary.md").read_text().strip()
-    assert summary.embedded(ROOT / "README.md") == generated
-    assert generated.startswith("Device: ")
