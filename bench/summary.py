@@ -74,6 +74,7 @@ def build(
                     if row in single and grad in single
                 },
                 "rounds": len(base.rounds),
+                "faults_per_call": base.faults_per_call,
                 "others_cores": base.others_cores,
             }
         )
@@ -106,6 +107,10 @@ def _ms(seconds: float | None) -> str:
 
 def _spread(r: tuple[float, float, float] | None) -> str:
     return "-" if r is None else f"{r[0]:.2f}x [{r[1]:.2f}-{r[2]:.2f}]"
+
+
+def _faults(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:,.0f}"
 
 
 def _cores(value: float | None) -> str:
@@ -154,12 +159,13 @@ def products_markdown(summary: dict[str, Any]) -> str:
     ]
     others = present[1:]
     lines += _table(
-        ["problem", *others_head(others), "rounds", "other processes"],
+        ["problem", *others_head(others), "rounds", "jaxhvp's page faults", "other processes"],
         [
             [
                 p["problem"],
                 *(_spread(p["speedup"].get(r)) for _, r in others),
                 str(p["rounds"]),
+                _faults(p.get("faults_per_call")),
                 _cores(p.get("others_cores")),
             ]
             for p in problems
@@ -167,6 +173,9 @@ def products_markdown(summary: dict[str, Any]) -> str:
     )
     lines += [
         "",
+        "`jaxhvp's page faults`: minor page faults per `jaxhvp.hvp` call (median over rounds): "
+        "memory the allocator handed back and that each call maps and zero-fills again "
+        "(the benchmark page, 'Rows in separate processes'). "
         "`other processes`: the CPU cores other processes used on average while the problem "
         "was timed (near 0 on a quiet machine; more means the times above are disturbed).",
     ]
