@@ -99,6 +99,7 @@ from jax.flatten_util import ravel_pytree
 import jaxhvp
 import jaxhvp.spectrum as spectrum
 from bench import problems, report
+from bench.gaps import copy_to_docs
 
 DAMPING_FACTOR = 1e-3  # lam = DAMPING_FACTOR * lambda_max (after the Hessian's shift)
 TOL = 1e-5  # the relative residual every method with a tolerance is asked for
@@ -680,6 +681,11 @@ def main(argv: list[str] | None = None) -> None:
         "Nyström, minres, one lissa): the smoke test's run",
     )
     parser.add_argument("--out", type=Path, default=Path("results"), help="output folder")
+    parser.add_argument(
+        "--docs",
+        action="store_true",
+        help="also copy inverse.md to docs/bench/",
+    )
     parser.add_argument("--repeat", type=int, help="timed calls per row (3; --quick 2)")
     parser.add_argument("--budget", type=float, help="seconds of timed calls per row (20; quick 5)")
     options = parser.parse_args(argv)
@@ -713,6 +719,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     text = markdown(problem, setups, rows, meta, options)
     (options.out / "inverse.md").write_text(text)
+    if options.docs:
+        copy_to_docs(options.out / "inverse.md")
     problems_meta = {
         s.curvature: {
             "lam": s.lam,

@@ -56,6 +56,7 @@ import optax
 
 import jaxhvp.optax
 from bench import report
+from bench.gaps import copy_to_docs
 
 POINTS, FEATURES, CLASSES = 4096, 32, 10
 WIDTHS = (FEATURES, 64, 64, CLASSES)
@@ -435,6 +436,11 @@ def main(argv: list[str] | None = None) -> None:
         help=f"{QUICK_POINTS} points, {QUICK_EPOCHS} epochs, one grid value per method",
     )
     parser.add_argument("--out", type=Path, default=Path("results"), help="output folder")
+    parser.add_argument(
+        "--docs",
+        action="store_true",
+        help="also copy training.md to docs/bench/",
+    )
     parser.add_argument("--epochs", type=int, help=f"epochs ({EPOCHS}; --quick {QUICK_EPOCHS})")
     options = parser.parse_args(argv)
     epochs = options.epochs or (QUICK_EPOCHS if options.quick else EPOCHS)
@@ -460,6 +466,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     text = markdown(best, runs, meta, epochs, points)
     (options.out / "training.md").write_text(text)
+    if options.docs:
+        copy_to_docs(options.out / "training.md")
     payload = {"meta": meta, "runs": [r.record() for r in runs]}
     payload["best"] = [{"method": r.method, "value": r.value} for r in best]
     (options.out / "training.json").write_text(json.dumps(finite(payload), indent=1, default=str))
