@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 from pathlib import Path
 
 JAX_PREALLOCATE_OFF = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "bench"  # where the docs include tables
 
 
 def configure_threads(threads: int) -> None:
@@ -68,3 +70,9 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
         default=default_threads(),
         help="threads for both frameworks (default: all cores available)",
     )
+
+
+def copy_to_docs(path: Path, docs: Path = DOCS) -> Path:
+    """``path`` copied into ``docs`` (``--docs`` of every suite), under its own name."""
+    docs.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copyfile(path, docs / path.name))

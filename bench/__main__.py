@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import fnmatch
 import functools
+import importlib
 import math
 import sys
 import tempfile
@@ -15,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import add_output_options, configure_threads
+from . import DOCS, add_output_options, configure_threads
+from . import copy_to_docs as copy_file
 
 EPILOG = """\
 Sections (--sections, default all three; only 'products' when --problems or --impls is
@@ -73,6 +75,10 @@ the reason.
 """
 
 SECTIONS = ("products", "optimize", "spectrum")
+OTHER_SECTIONS = (  # (section, module with run(quick), what it compares)
+    ("optimize", "minimize", "jaxhvp.minimize against scipy.optimize.minimize"),
+    ("spectrum", "spectrum", "jaxhvp.spectrum against PyHessian on the MLP"),
+)
 TARGET_S = 0.5  # timed seconds per row in the fair pass, 10 rounds at least (quick: 0.1, 3)
 
 
@@ -203,8 +209,6 @@ SUITES = ("allocator", "gaps", "inverse", "sharding", "training")
 def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else list(argv)
     if given and given[0] in SUITES:
-        import importlib
-
         importlib.import_module(f"bench.{given[0]}").main(given[1:])
         return 0
     args = parse_args(argv)
@@ -234,20 +238,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     elapsed = {"products": time.perf_counter() - started} if products else {}
     extra: dict[str, Any] = {}
-    if "optimize" in sections:
-        from . import minimize
-
-        print("optimize: jaxhvp.minimize against scipy.optimize.minimize", file=sys.stderr)
-        start = time.perf_counter()
-        extra["optimize"] = minimize.run(args.quick)
-        elapsed["optimize"] = time.perf_counter() - start
-    if "spectrum" in sections:
-        from . import spectrum
-
-        print("spectrum: jaxhvp.spectrum against PyHessian on the MLP", file=sys.stderr)
-        start = time.perf_counter()
-        extra["spectrum"] = spectrum.run(args.quick)
-        elapsed["spectrum"] = time.perf_counter() - start
+    for section, module, what in OTHER_SECTIONS:
+        if section in sections:
+            print(f"{section}: {what}", file=sys.stderr)
+            start = time.perf_counter()
+            extra[section] = importlib.import_module(f".{module}", __package__).run(args.quick)
+            elapsed[section] = time.perf_counter() - start
     machine = products["meta"]["machine"] if products else report.machine_info(args.threads)
     data = summary.build(
         products["timings"] if products else {},
@@ -280,7 +276,6 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if args.check and failed else 0
 
 
-DOCS = Path(__file__).resolve().parent.parent / "docs" / "bench"
 # What --docs copies to docs/bench/ (when the run wrote it); README.md embeds headline.md.
 DOCS_FILES = (
     "summary.md",
@@ -301,7 +296,7 @@ def copy_to_docs(out: Path, files: list[str], docs: Path = DOCS) -> list[str]:
 
     copied = [name for name in DOCS_FILES if name in files]
     for name in copied:
-        (docs / name).write_bytes((out / name).read_bytes())
+        copy_file(out / name, docs)
     if "headline.md" in copied:
         summary.embed((out / "headline.md").read_text(), docs.parent.parent / "README.md")
     return copied

@@ -46,7 +46,6 @@ import datetime
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -56,12 +55,11 @@ from typing import Any
 
 import numpy as np
 
-from . import add_output_options, configure_threads
+from . import add_output_options, configure_threads, copy_to_docs
 
 # JAX and torch are imported by the functions that use them, after configure_threads.
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = ROOT / "docs" / "bench"
 RTOL = 1e-3  # max |result - jax| / max |jax| allowed for every torch result
 N, N_QUICK = 100_000, 10_000  # the vector of the reduction gaps
 TARGET_S, MIN_ROUNDS = 1.0, 20  # per row; --quick: 0.05 s, 3 rounds
@@ -588,11 +586,6 @@ def full_float32_torch() -> None:
 
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-
-
-def copy_to_docs(md: Path, docs: Path = DOCS) -> Path:
-    docs.mkdir(parents=True, exist_ok=True)
-    return Path(shutil.copyfile(md, docs / md.name))
 
 
 def main(argv: list[str] | None = None) -> None:

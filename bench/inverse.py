@@ -98,8 +98,7 @@ from jax.flatten_util import ravel_pytree
 
 import jaxhvp
 import jaxhvp.spectrum as spectrum
-from bench import problems, report
-from bench.gaps import copy_to_docs
+from bench import copy_to_docs, problems, report
 
 DAMPING_FACTOR = 1e-3  # lam = DAMPING_FACTOR * lambda_max (after the Hessian's shift)
 TOL = 1e-5  # the relative residual every method with a tolerance is asked for

@@ -55,8 +55,7 @@ import numpy as np
 import optax
 
 import jaxhvp.optax
-from bench import report
-from bench.gaps import copy_to_docs
+from bench import copy_to_docs, report
 
 POINTS, FEATURES, CLASSES = 4096, 32, 10
 WIDTHS = (FEATURES, 64, 64, CLASSES)
