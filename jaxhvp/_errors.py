@@ -11,6 +11,9 @@ class HVPError(ValueError, RuntimeError):
     """
 
 
+HVPError.__module__ = "jaxhvp"  # its public name, shown in tracebacks
+
+
 class StrategyError(HVPError, AssertionError):
     """An unknown ``outer_jacobian_strategy``: torch's ``hessian`` raises ``AssertionError``."""
 
