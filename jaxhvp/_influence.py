@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from . import _eager, _sharding
@@ -19,6 +20,7 @@ from .linalg._result import SolveInfo
 from .linalg._solve import METHODS, Plan, Settings, prepare, run, setup
 from .operators import Operator, hessian_operator
 from .operators._data import check_batches
+from .operators._stream import Stream
 from .spectrum._operand import map_probes
 
 _NAME = "influence"
@@ -126,9 +128,15 @@ def influence(
     check_callable(loss, _NAME)
     if test_loss is not None:
         check_callable(test_loss, _NAME)
-    _check_params(params)
-    train = check_batches(train, _NAME)
-    test = check_batches(test, _NAME)
+    params = _check_params(params)
+    if isinstance(train, Stream) or isinstance(test, Stream):
+        msg = (
+            f"train and test given to {_NAME} are scanned in one compiled pass, so they "
+            "cannot be streamed: give them stacked on a leading axis of every leaf."
+        )
+        raise HVPError(msg)
+    train = check_batches(train, _NAME, "train")
+    test = check_batches(test, _NAME, "test")
     num_train = jax.tree_util.tree_leaves(train)[0].shape[0]
     num_test = jax.tree_util.tree_leaves(test)[0].shape[0]
     batch_size = num_train if batch_size is None else check_count(batch_size, "batch_size", _NAME)
@@ -140,9 +148,7 @@ def influence(
         raise HVPError(msg)
     if test_batch_size is not None:
         test_batch_size = min(check_count(test_batch_size, "test_batch_size", _NAME), num_test)
-    batches = jax.tree_util.tree_map(
-        lambda x: x.reshape(num_train // batch_size, batch_size, *x.shape[1:]), train
-    )
+    batches = jax.tree_util.tree_map(lambda x: _sharding.regroup(x, num_train // batch_size), train)
     op = _curvature(curvature, loss, params, batches)
     method = check_choice(method, "method", METHODS, _NAME)
     options = {"tol": 1e-5, "atol": 0.0, "maxiter": None, "preconditioner": None}
@@ -165,10 +171,11 @@ def influence(
     return _eager.call(_influence, static, funcs, (params, batches, test, op, settings, extra))
 
 
-def _check_params(params: Any) -> None:
+def _check_params(params: Any) -> Any:
+    """``params`` as JAX arrays (NumPy ones converted), all floating."""
     leaves = jax.tree_util.tree_leaves(params)
     if not leaves or not all(
-        isinstance(x, jax.Array | jnp.ndarray) and jnp.issubdtype(x.dtype, jnp.floating)
+        isinstance(x, jax.Array | np.ndarray) and jnp.issubdtype(x.dtype, jnp.floating)
         for x in leaves
     ):
         msg = (
@@ -176,6 +183,7 @@ def _check_params(params: Any) -> None:
             f"parameters), but got {jax.tree_util.tree_map(lambda x: type(x).__name__, params)}."
         )
         raise HVPError(msg)
+    return jax.tree_util.tree_map(jnp.asarray, params)
 
 
 def _curvature(curvature: Any, loss: Callable, params: Any, batches: Any) -> Operator:

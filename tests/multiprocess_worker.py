@@ -116,6 +116,26 @@ def hessian_operator_streamed(params, v, data):
     return {"value": op.value, "grad": op.grad, "product": op(v)}
 
 
+def stream_mismatches(params: Any) -> dict[str, str]:
+    """What a streamed operator says in each process when the processes' loaders differ:
+    one more batch in process 0 (``count``); a shorter second batch in process 1
+    (``shape``)."""
+    x, y = OWN_ROWS["x"], OWN_ROWS["y"]
+    first = jax.process_index() == 0
+    loaders = {
+        "count": [(x[:4], y[:4])] * (3 if first else 2),
+        "shape": [(x[:8], y[:8]), (x[:8], y[:8]) if first else (x[:4], y[:4])],
+    }
+    said = {}
+    for name, loader in loaders.items():
+        batches = jaxhvp.operators.stream(loader)
+        try:
+            jaxhvp.hessian_operator(batch_loss, params, batches=batches, data_axis="data")
+        except jaxhvp.HVPError as error:
+            said[name] = str(error)
+    return said
+
+
 def ggn_operator(params, v, data):
     op = _ggn(params, data)
     return {"value": op.value, "grad": op.grad, "product": op(v)}
@@ -272,7 +292,8 @@ def main(process_id: int, port: int, out: Path) -> None:
     choose_locally(process_id)
     results = run_cases(arrays["params"], arrays["v"], arrays["data"], list(CASES), jit=True)
     np.savez(out / f"process{process_id}.npz", **flatten(to_host(results)))
-    (out / f"process{process_id}.json").write_text(json.dumps({"auto_modes": AUTO_MODES}))
+    said = {"auto_modes": AUTO_MODES, "stream_mismatches": stream_mismatches(arrays["params"])}
+    (out / f"process{process_id}.json").write_text(json.dumps(said))
     jax.distributed.shutdown()
 
 

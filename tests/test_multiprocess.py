@@ -229,9 +229,14 @@ def test_two_processes_agree_with_each_other_and_with_one(tmp_path):
     results = [dict(np.load(tmp_path / f"process{i}.npz")) for i in range(2)]
     assert_trees_close(results[0], results[1], rtol=0, atol=0)  # bitwise the same
     assert_trees_close(results[0], expected, rtol=1e-8, atol=1e-10)
-    for i in range(2):
-        modes = json.loads((tmp_path / f"process{i}.json").read_text())["auto_modes"]
-        assert modes == [worker.LOCAL_AUTO_CHOICES[0]] * 2  # process 0's, eagerly and in jit
+    said = [json.loads((tmp_path / f"process{i}.json").read_text()) for i in range(2)]
+    for i in range(2):  # process 0's choice, eagerly and in jit
+        assert said[i]["auto_modes"] == [worker.LOCAL_AUTO_CHOICES[0]] * 2
+    # loaders that differ between the processes: the same error in both, no hang
+    assert said[0]["stream_mismatches"] == said[1]["stream_mismatches"]
+    mismatches = said[0]["stream_mismatches"]
+    assert "at batch 2 process(es) [1] had no batch 2" in mismatches["count"]
+    assert "at batch 1 their shapes differ" in mismatches["shape"]
 
 
 def _dense(glob):

@@ -140,3 +140,73 @@ def test_batch_size_fn_weights():
     per_batch = [jaxhvp.hessian_operator(lambda q, b=b: loss(q, b), p).as_matrix() for b in LOADER]
     assert_trees_close(op.as_matrix(), sum(per_batch) / 3)
     assert op.num_data == 3
+
+
+def test_exact_diagonal_is_the_full_data_diagonal():
+    p = params()
+    op = jaxhvp.hessian_operator(loss, p, batches=stream(LOADER))
+    expected = jaxhvp.hessian_operator(full(loss), p).exact_diagonal()
+    assert_trees_close(op.exact_diagonal(), expected)
+    assert_trees_close(op.exact_diagonal(batch_size=4), expected)
+
+
+class _OneIterator:
+    """A loader whose ``__iter__`` hands back the same iterator: read once, then empty."""
+
+    def __init__(self, batches):
+        self.batches = iter(batches)
+
+    def __iter__(self):
+        return self.batches
+
+
+class _Shrinking:
+    """A loader whose later passes drop the last batch."""
+
+    def __init__(self):
+        self.passes = 0
+
+    def __iter__(self):
+        self.passes += 1
+        return iter(LOADER if self.passes == 1 else LOADER[:-1])
+
+
+@pytest.mark.parametrize("loader", [_OneIterator, _Shrinking], ids=["one-iterator", "shrinking"])
+def test_a_pass_with_other_examples_raises(loader):
+    p = params()
+    op = jaxhvp.hessian_operator(
+        loss, p, batches=stream(loader(LOADER) if loader is _OneIterator else loader())
+    )
+    v = jax.tree_util.tree_map(jnp.ones_like, p)
+    with pytest.raises(jaxhvp.HVPError, match="examples at this product, but 23 when"):
+        op @ v
+
+
+def test_num_data_takes_integers_of_any_kind():
+    assert stream(LOADER, num_data=np.int64(23)).num_data == 23
+    for wrong in (True, 23.0, "23"):
+        with pytest.raises(TypeError, match="num_data given to stream must be a positive int"):
+            stream(LOADER, num_data=wrong)
+    with pytest.raises(TypeError, match="stream needs an iterable of batches, but got int"):
+        stream(3)
+
+
+def test_streamed_monte_carlo_fisher_keys():
+    """Batch b of a stream draws from fold_in(fold_in(key, b), 0) (its one slice), stacked
+    batch b from fold_in(key, b): the documented derivation, pinned on one batch."""
+    p, key = params(), jax.random.key(3)
+    batch = jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], LOADER[0])
+    kw = dict(likelihood="gaussian", mc_samples=1)
+    streamed = jaxhvp.fisher_operator(model, p, batches=stream(LOADER[:1]), key=key, **kw)
+    folded = jax.random.fold_in(key, 0)
+    stacked = jaxhvp.fisher_operator(model, p, batches=batch, key=folded, **kw)
+    assert_trees_close(streamed.as_matrix(), stacked.as_matrix())
+    plain = jaxhvp.fisher_operator(model, p, batches=batch, key=key, **kw)
+    assert not np.allclose(streamed.as_matrix(), plain.as_matrix())
+
+
+def test_influence_refuses_streams():
+    p = params()
+    train = (jnp.asarray(X), jnp.asarray(Y))
+    with pytest.raises(jaxhvp.HVPError, match="cannot be streamed: give them stacked"):
+        jaxhvp.influence(lambda q, e: loss(q, (e[0][None], e[1][None])), p, stream(LOADER), train)

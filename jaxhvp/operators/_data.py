@@ -33,34 +33,35 @@ from .._errors import HVPError
 from .._inputs import is_array
 
 
-def check_batches(batches: Any, fn_name: str) -> Any:
-    """``batches`` as arrays, each leaf with the same leading length ``num_batches >= 1``."""
+def check_batches(batches: Any, fn_name: str, name: str = "batches") -> Any:
+    """``batches`` (the argument ``name``) as arrays, each leaf with the same leading length
+    ``num_batches >= 1``."""
     leaves = jax.tree_util.tree_flatten_with_path(batches)[0]
     if not leaves:
         msg = (
-            f"batches given to {fn_name} must hold at least one array (leaves stacked on a "
+            f"{name} given to {fn_name} must hold at least one array (leaves stacked on a "
             f"leading batch axis), but got {batches!r}."
         )
         raise HVPError(msg)
     lengths = {}
     for path, leaf in leaves:
-        where = f"batches{jax.tree_util.keystr(path)}"
+        where = f"{name}{jax.tree_util.keystr(path)}"
         if not is_array(leaf):
             msg = (
-                f"batches given to {fn_name} must be a pytree of arrays, but {where} has type "
+                f"{name} given to {fn_name} must be a pytree of arrays, but {where} has type "
                 f"{type(leaf)}. Wrap numbers with jnp.asarray."
             )
             raise TypeError(msg)
         if leaf.ndim < 1:
             msg = (
-                f"every leaf of the batches given to {fn_name} needs a leading batch axis, "
+                f"every leaf of {name} given to {fn_name} needs a leading batch axis, "
                 f"but {where} is a scalar. Stack the batches: jnp.stack([batch_0, ...])."
             )
             raise HVPError(msg)
         lengths[where] = leaf.shape[0]
     if len(set(lengths.values())) > 1 or 0 in lengths.values():
         msg = (
-            f"every leaf of the batches given to {fn_name} must have the same leading length "
+            f"every leaf of {name} given to {fn_name} must have the same leading length "
             f"num_batches >= 1, but got {lengths}. Stack equal-size batches on axis 0, e.g. "
             "x.reshape(num_batches, batch_size, *x.shape[1:])."
         )

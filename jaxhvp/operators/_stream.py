@@ -15,12 +15,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-from collections.abc import Callable, Iterable
+import operator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -48,7 +50,10 @@ def stream(
       batches: a re-iterable collection of batches (a list, a data loader whose ``__iter__``
         starts over; not a generator, which can be read once). Each batch is a pytree of
         arrays (NumPy or JAX) with the examples on the leading axis, passed to the function
-        as the stacked operators pass one slice.
+        as the stacked operators pass one slice. Every pass must give the same examples
+        (checked by their count). A Monte Carlo Fisher's batch ``b`` draws its labels from
+        ``fold_in(fold_in(key, b), j)``, ``j`` the slice of the batch (0 without
+        ``data_axis``): other samples than stacked batches, of the same distribution.
       num_data: the number of examples in all the batches, if known; it is checked against
         the count the first pass finds.
       batch_size_fn: ``batch -> number of examples`` (default: the leading length of the
@@ -74,16 +79,18 @@ def stream(
       >>> bool(jnp.allclose(op @ jnp.ones(2), full @ jnp.ones(2)))
       True
     """
-    if iter(batches) is batches:
+    if isinstance(batches, Iterator):  # not iter(batches): a data loader's starts workers
         msg = (
             "stream needs batches it can read again at every product, but got an iterator "
             f"({type(batches).__name__}), which can be read once. Pass a list, or an object "
             "whose __iter__ starts over (a data loader)."
         )
         raise TypeError(msg)
-    if num_data is not None and (not isinstance(num_data, int) or num_data < 1):
-        msg = f"num_data given to stream must be a positive int, but got {num_data!r}."
+    if not isinstance(batches, Iterable):
+        msg = f"stream needs an iterable of batches, but got {type(batches).__name__}."
         raise TypeError(msg)
+    if num_data is not None:
+        num_data = _positive_int(num_data)
     if batch_size_fn is not None and not callable(batch_size_fn):
         msg = f"batch_size_fn given to stream must be callable, but got {batch_size_fn!r}."
         raise TypeError(msg)
@@ -93,7 +100,7 @@ def stream(
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["value", "grad", "template"],
-    meta_fields=["source", "placement", "weights", "num_data"],
+    meta_fields=["source", "placement", "weights", "num_data", "fn_name"],
 )
 @dataclasses.dataclass(frozen=True)
 class StreamedOperator(Operator):
@@ -117,6 +124,7 @@ class StreamedOperator(Operator):
     placement: Callable
     weights: str  # "mean": n_b / num_data; "sum": 1
     num_data: int
+    fn_name: str
 
     @property
     def like(self) -> Any:
@@ -151,6 +159,10 @@ class StreamedOperator(Operator):
         check_stacked(vectors, self.like)
         return self._sum(lambda op: op.matmat(vectors, batch_size), vectors)
 
+    def exact_diagonal(self, batch_size: int | None = None) -> Any:
+        """The exact diagonal: each batch's, weighted as in the products."""
+        return self._sum(lambda op: op.exact_diagonal(batch_size), self.like)
+
     def as_matrix(self) -> jax.Array:
         flat, unravel = _sharding.ravel(self.like)
         units = jax.vmap(unravel)(jnp.eye(flat.size, dtype=flat.dtype))
@@ -164,12 +176,20 @@ class StreamedOperator(Operator):
     def _sum(self, product: Callable, vectors: Any) -> Any:
         if not _eager.is_eager((vectors,)):  # traced: the loader's data would be baked in
             self._product(vectors)  # raises, saying what to do
-        total = None
-        for index, batch in enumerate(self.source.iterable):
-            stacked, size = self.placement(batch)
+        total, count = None, 0
+        for index, stacked, size in read(self.source, self.placement, self.fn_name):
             weight = size / self.num_data if self.weights == "mean" else 1.0
             part = product(self.template._with_batches(stacked, index))
             total = _tree.scale(weight, part) if total is None else _tree.axpy(weight, part, total)
+            count += size
+        if count != self.num_data:
+            msg = (
+                f"The stream of the operator built by {self.fn_name} gave {count} examples "
+                f"at this product, but {self.num_data} when the operator was built: its "
+                "__iter__ must start over and give the same batches at every pass (a list, a "
+                "data loader; not an object that hands back one iterator)."
+            )
+            raise HVPError(msg)
         return total
 
 
@@ -184,8 +204,7 @@ def streamed(
     its value and gradient; the first serves as the template of every product."""
     template = value = grad = None
     count = 0
-    for index, batch in enumerate(source.iterable):
-        stacked, size = placement(batch, source.batch_size_fn, fn_name)
+    for index, stacked, size in read(source, placement, fn_name):
         op = build(stacked, index)
         template = template if template is not None else op
         weight = size if weights == "mean" else 1.0
@@ -208,8 +227,53 @@ def streamed(
     if weights == "mean" and value is not None:
         value = value / count
         grad = _tree.scale(1 / count, grad)
-    place = functools.partial(placement, batch_size_fn=source.batch_size_fn, fn_name=fn_name)
-    return StreamedOperator(value, grad, template, source, place, weights, count)
+    return StreamedOperator(value, grad, template, source, placement, weights, count, fn_name)
+
+
+def read(source: Stream, place: Callable, fn_name: str) -> Iterator[tuple[Any, Any, int]]:
+    """One pass over the stream: ``(index, placed batch, examples)`` per batch.
+
+    Cut over a mesh in a multi-process run, every process must give a batch of the same
+    shapes at each step and end together (otherwise one process's batch is added to
+    another's, or a process waits forever in the ``psum``): one small all-gather per batch
+    checks it, and every process raises the same error.
+    """
+    across = jax.process_count() > 1 and place is not stacked_one
+    index = -1
+    for index, batch in enumerate(source.iterable):
+        if across:
+            _agree(batch, index, fn_name)
+        yield index, *place(batch, source.batch_size_fn, fn_name)
+    if across:
+        _agree(None, index + 1, fn_name)
+
+
+def _agree(batch: Any, index: int, fn_name: str) -> None:
+    shapes = tuple(np.shape(x) for x in jax.tree_util.tree_leaves(batch))
+    mine = np.array([batch is not None, hash(shapes) & 0x7FFFFFFF], np.int32)
+    everyone = np.asarray(multihost_utils.process_allgather(mine))
+    if (everyone == everyone[0]).all():
+        return
+    ended = [int(p) for p in np.flatnonzero(everyone[:, 0] == 0)]
+    what = f"process(es) {ended} had no batch {index}" if ended else "their shapes differ"
+    msg = (
+        f"With data_axis, every process's stream must give {fn_name} a batch of the same "
+        f"shapes at every step, and as many batches; at batch {index} {what}. Give every "
+        "process's loader the same number of batches and equal batch shapes (drop or pad "
+        "the last one)."
+    )
+    raise HVPError(msg)
+
+
+def _positive_int(num_data: Any) -> int:
+    try:
+        value = operator.index(num_data)  # int, np.int64; not 1.0
+    except TypeError:
+        value = 0
+    if isinstance(num_data, bool) or value < 1:
+        msg = f"num_data given to stream must be a positive int, but got {num_data!r}."
+        raise TypeError(msg)
+    return value
 
 
 # --- placing one batch ------------------------------------------------------------------
