@@ -91,14 +91,17 @@ def match_layout(tree: Any, like: Any, *, stacked: bool = False) -> Any:
     return _map_layout(tree, like, stacked, None, explicit_only=False)
 
 
-def tangent_layout(tree: Any, like: Any, *, stacked: bool = False) -> Any:
+def tangent_layout(
+    tree: Any, like: Any, *, stacked: bool = False, busy: tuple[str, ...] = ()
+) -> Any:
     """Tangents ``tree`` for the primals ``like``: on explicit meshes JAX requires each to
     have its primal's sharding, so there they are resharded (elsewhere left as they are).
 
     With ``stacked`` (tangents stacked on a new leading axis), that axis keeps its sharding
-    if every leaf has the same one (``vmap`` needs that) and no primal uses its mesh axes.
+    if every leaf has the same one (``vmap`` needs that) and neither a primal nor the
+    product (``busy``: the axes an operator splits its batches over) uses its mesh axes.
     """
-    lead = _shared_lead(tree, like) if stacked else None
+    lead = _shared_lead(tree, like, busy) if stacked else None
     return _map_layout(tree, like, stacked, lead, explicit_only=True)
 
 
@@ -135,9 +138,9 @@ def _stacked(sharding: Any, lead: Any) -> Any:
     return sharding if sharding.is_fully_replicated else None
 
 
-def _shared_lead(tree: Any, like: Any) -> Any:
+def _shared_lead(tree: Any, like: Any, busy: tuple[str, ...]) -> Any:
     """The ``PartitionSpec`` entry of the stacked axis the tangents ``tree`` can keep."""
-    leads, used, meshes = set(), set(), set()
+    leads, used, meshes = set(), set(busy), set()
     for x, ref in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(like)):
         current, target = known(x), known(ref)
         if not isinstance(current, NamedSharding):
@@ -262,6 +265,15 @@ def without_axes(tree: Any, axes: tuple[str, ...]) -> Any:
         return _reshard(x, NamedSharding(sharding.mesh, PartitionSpec(*spec)))
 
     return jax.tree_util.tree_map(drop, tree)
+
+
+def regroup(x: Any, groups: int) -> Any:
+    """``x``'s leading axis as ``(groups, length // groups)``. Where an explicit mesh splits
+    it over more shards than divide ``groups``, it is gathered first (JAX refuses the
+    reshape); elsewhere the split stays on the groups."""
+    if explicit_sharding(x) is not None and groups % _leading_shards(x):
+        x = gather_leading(x)
+    return x.reshape(groups, x.shape[0] // groups, *x.shape[1:])
 
 
 def gather_leading(tree: Any) -> Any:

@@ -150,6 +150,7 @@ def solve(
     else:
         func = op
     x, info = _eager.call(_solve, (plan,), func, (b, x0, settings, extra))
+    x = _sharding.match_layout(x, op.like)  # eager: moved where XLA laid it out otherwise
     if throw and int(info.status) != SolveStatus.SUCCESS:
         msg = (
             f"{_NAME}(method={method!r}) failed: {info.message} Relative residual "
@@ -350,4 +351,5 @@ def _precondition(plan: Plan, prepared: Any, damping: jax.Array) -> Callable:
 
 def _solve(func: Any, b: Any, x0: Any, settings: Settings, extra: Any, plan: Plan) -> Any:
     op, extra = func if plan.preconditioned == "callable" else (func, extra)
-    return run(op, plan, settings, setup(op, plan, settings, extra), b, x0)
+    x, info = run(op, plan, settings, setup(op, plan, settings, extra), b, x0)
+    return _sharding.match_layout(x, op.like), info

@@ -95,10 +95,11 @@ class Operator(abc.ABC):
         check_stacked(vectors, self.like)
         if batch_size is not None:
             batch_size = check_count(batch_size, "batch_size", "matmat")
-        vectors = _sharding.tangent_layout(vectors, self.like, stacked=True)
+        given = vectors
+        vectors = _sharding.tangent_layout(vectors, self.like, stacked=True, busy=self._data_axes())
         batch_size = _sharding.chunk_size(vectors, batch_size)
         products = _eager.call(_matmat, (batch_size,), self, (vectors,))
-        return _sharding.match_layout(products, vectors)
+        return _sharding.match_layout(products, given)
 
     def as_matrix(self) -> jax.Array:
         """The dense ``(n, n)`` matrix over the flattened vectors (``ravel_pytree`` order).
@@ -210,6 +211,11 @@ class Operator(abc.ABC):
         """The user's function the products run, for naming it in the eager-call warnings."""
         return None
 
+    def _data_axes(self) -> tuple[str, ...]:
+        """The mesh axes the products split the batches over (stacked vectors must not be
+        split over them too)."""
+        return ()
+
     def _space(self) -> Inputs:
         return Inputs(self.like, self.is_tuple, type(self).__name__)
 
@@ -279,6 +285,9 @@ class SumOperator(Operator):
     def _user_function(self) -> Callable | None:
         return self.left._user_function() or self.right._user_function()
 
+    def _data_axes(self) -> tuple[str, ...]:
+        return (*self.left._data_axes(), *self.right._data_axes())
+
 
 class _Modified(Operator):
     """An operator made from one ``base`` and one number: the base's vectors; positive
@@ -299,6 +308,9 @@ class _Modified(Operator):
 
     def _user_function(self) -> Callable | None:
         return self.base._user_function()
+
+    def _data_axes(self) -> tuple[str, ...]:
+        return self.base._data_axes()
 
 
 @functools.partial(

@@ -127,6 +127,9 @@ class BlockOperator(Operator):
     def _user_function(self) -> Callable | None:
         return self.base._user_function()
 
+    def _data_axes(self) -> tuple[str, ...]:
+        return self.base._data_axes()
+
     def _product(self, v: Any) -> Any:
         return self._restricted(self.base._product, v)
 

@@ -105,8 +105,10 @@ class Fisher:
             return self._scale(f) * self.likelihood.fisher(f, u)
         grads = self.likelihood.sampled_gradients(key, f, self.samples)
         rows = jax.vmap(self.likelihood.rows)(grads)  # (samples, rows, event)
-        inner = jnp.einsum("src,rc->sr", rows, self.likelihood.rows(u))
-        out = jnp.einsum("sr,src->rc", inner, rows) / self.samples
+        # Sums of products, not einsum: explicit meshes refuse contractions over a sharded
+        # event axis (ShardingTypeError), and these are small.
+        inner = jnp.sum(rows * self.likelihood.rows(u), axis=-1)  # (samples, rows)
+        out = jnp.sum(inner[..., None] * rows, axis=0) / self.samples
         return (self._scale(f) * out).reshape(f.shape)
 
 
@@ -309,6 +311,9 @@ class GGNOperator(Operator):
     def _user_function(self) -> Callable | None:
         return self.product.model.func
 
+    def _data_axes(self) -> tuple[str, ...]:
+        return self.product.split.axes
+
     def _with_batches(self, batches: Any, index: int) -> GGNOperator:
         """The same operator over other batches of the same structure (a stream's; batch
         ``index`` draws its Monte Carlo labels from the key folded by ``index``)."""
@@ -320,7 +325,7 @@ class GGNOperator(Operator):
         ``diag(J^T C J) = sum_k lam_k (J^T q_k)**2``, one vjp per output (no probes)."""
         if self._outputs() >= super().exact_diagonal_cost():
             return super().exact_diagonal(batch_size)
-        return _eager.call(_diagonal, (), self, ())
+        return _sharding.match_layout(_eager.call(_diagonal, (), self, ()), self.like)
 
     def exact_diagonal_cost(self) -> int:
         return min(self._outputs(), super().exact_diagonal_cost())
@@ -336,7 +341,7 @@ class GGNOperator(Operator):
 
 
 def _diagonal(op: GGNOperator) -> Any:
-    return op.product.diagonal(op.params, op.batches, op.key)
+    return _sharding.match_layout(op.product.diagonal(op.params, op.batches, op.key), op.like)
 
 
 def _build(
@@ -508,7 +513,8 @@ def fisher_operator(
       reduction: ``"mean"`` (default) or ``"sum"``, as above.
       mc_samples: None (exact) or the number of sampled labels per output row.
       key: the PRNG key for the samples (only with ``mc_samples``); batch ``b`` uses
-        ``jax.random.fold_in(key, b)``.
+        ``jax.random.fold_in(key, b)`` (a streamed batch ``b``: ``fold_in(fold_in(key, b),
+        j)`` for its slice ``j``, see :func:`jaxhvp.operators.stream`).
       jit: as in :func:`jaxhvp.hvp`.
 
     Returns:
@@ -624,7 +630,8 @@ def gnvp(func: Callable, loss: Callable, inputs: Any, v: Any, *, jit: bool = Tru
     """
     check_callable(func, "gnvp")
     check_callable(loss, "gnvp")
-    return _eager.call(_gnvp, (), (func, loss), (inputs, v), jit=jit)
+    value, product = _eager.call(_gnvp, (), (func, loss), (inputs, v), jit=jit)
+    return value, _sharding.match_layout(product, inputs)
 
 
 def _gnvp(funcs: tuple, inputs: Any, v: Any) -> tuple:
@@ -639,4 +646,5 @@ def _gnvp(funcs: tuple, inputs: Any, v: Any) -> tuple:
         (jvp(vector),),
     )
     cu = jax.tree_util.tree_map(lambda c, y: c.astype(y.dtype), cu[1], f)
-    return value[0], jax.linear_transpose(jvp, spec.primals)(cu)[0]
+    product = jax.linear_transpose(jvp, spec.primals)(cu)[0]
+    return value[0], _sharding.match_layout(product, spec.primals)

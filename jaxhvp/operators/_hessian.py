@@ -75,6 +75,10 @@ class HessianOperator(Operator):
         product = getattr(self.linear, "func", None)  # over batches: Partial(MeanProduct)
         return product.loss if isinstance(product, MeanProduct) else None
 
+    def _data_axes(self) -> tuple[str, ...]:
+        product = getattr(self.linear, "func", None)
+        return product.split.axes if isinstance(product, MeanProduct) else ()
+
 
 def hessian_operator(
     func: Callable,
@@ -150,7 +154,11 @@ def hessian_operator(
 def _linearize(func: Callable, inputs: Any, compose: Callable, has_aux: bool) -> HessianOperator:
     spec = as_inputs(inputs, _NAME)
     scalar = scalar_fn(func, spec, has_aux)
-    zeros = jax.tree_util.tree_map(jnp.zeros_like, spec.primals)
+    # in the primals' explicit shardings, which traced zeros_like can drop (under a lax.cond
+    # in an eager call on a jax.set_mesh): products reshard their vectors to those
+    zeros = _sharding.tangent_layout(
+        jax.tree_util.tree_map(jnp.zeros_like, spec.primals), spec.primals
+    )
     _, linear, (grad, (value, aux)) = jax.linearize(
         lambda v: compose(scalar, spec.primals, v), zeros, has_aux=True
     )

@@ -33,6 +33,7 @@ from ._common import (
     initial_key,
     moment,
     optax,
+    placed_like,
     split_key,
     tree_zeros_like,
 )
@@ -101,8 +102,9 @@ def _scale_by_adahessian(
     first_key = initial_key(key, fn_name)
 
     def init_fn(params: Any) -> AdaHessianState:
-        zeros = tree_zeros_like(params)
-        return AdaHessianState(jnp.zeros([], jnp.int32), zeros, tree_zeros_like(params), first_key)
+        count, zeros = jnp.zeros([], jnp.int32), tree_zeros_like(params)
+        state = AdaHessianState(count, zeros, tree_zeros_like(params), first_key)
+        return placed_like(params, state)
 
     def update_fn(
         updates: Any,

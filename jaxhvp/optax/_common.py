@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import HVPError
+from .._sharding import replicated_like
 from .._validate import check_key
 from ..operators import hessian_operator
 
@@ -87,6 +88,13 @@ def _as_number(value: Any) -> float | None:
         jnp.issubdtype(value.dtype, jnp.integer) or jnp.issubdtype(value.dtype, jnp.floating)
     )
     return float(value) if real and np.ndim(value) == 0 else None
+
+
+def placed_like(params: Any, state: Any) -> Any:
+    """The state's scalars (step count, key, damping) replicated over the parameters' mesh:
+    a jitted step returns them there, so taking them there from ``init`` spares the step a
+    second compilation. Unchanged where the parameters are on no mesh."""
+    return jax.tree_util.tree_map(lambda x: replicated_like(x, params) if x.ndim == 0 else x, state)
 
 
 def initial_key(key: Any, fn_name: str) -> jax.Array:

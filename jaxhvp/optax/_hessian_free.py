@@ -23,7 +23,14 @@ from .. import _tree
 from .._validate import check_choice, check_count
 from ..linalg import solve
 from ..operators import ggn_operator, hessian_operator
-from ._common import check_extra_fn, check_objective, check_params, check_real, check_schedule
+from ._common import (
+    check_extra_fn,
+    check_objective,
+    check_params,
+    check_real,
+    check_schedule,
+    placed_like,
+)
 
 _NAME = "hessian_free"
 CURVATURES = ("ggn", "hessian")
@@ -125,7 +132,7 @@ def hessian_free(
 
     def init(params: Any) -> HessianFreeState:
         dtype = _tree.accumulator(params)
-        return HessianFreeState(
+        state = HessianFreeState(
             count=jnp.zeros((), jnp.int32),
             damping=jnp.asarray(damping, dtype),
             direction=_tree.zeros_like(params),
@@ -133,6 +140,7 @@ def hessian_free(
             cg_iterations=jnp.zeros((), jnp.int32),
             cg_status=jnp.zeros((), jnp.int32),
         )
+        return placed_like(params, state)
 
     def update(
         updates: Any,

@@ -47,6 +47,7 @@ from ._common import (
     initial_key,
     moment,
     optax,
+    placed_like,
     split_key,
     tree_zeros_like,
 )
@@ -117,8 +118,9 @@ def _scale_by_sophia(
     first_key = initial_key(key, fn_name)
 
     def init_fn(params: Any) -> SophiaState:
-        zeros = tree_zeros_like(params)
-        return SophiaState(jnp.zeros([], jnp.int32), zeros, tree_zeros_like(params), first_key)
+        count, zeros = jnp.zeros([], jnp.int32), tree_zeros_like(params)
+        state = SophiaState(count, zeros, tree_zeros_like(params), first_key)
+        return placed_like(params, state)
 
     def update_fn(
         updates: Any,

@@ -76,9 +76,10 @@ def minimize(
         and ``disp=False`` are accepted and ignored.
       callback: scipy's new-style callback, ``callback(intermediate_result)``, called by that
         keyword (as scipy calls it) after every iteration with an :class:`IntermediateResult`
-        (``x`` in the structure of ``x0``, ``fun``, ``nit``) of concrete arrays, from a host
-        callback inside the compiled loop (eagerly and under ``jax.jit``; not under
-        ``jax.vmap``, where JAX allows no host callback in a loop of batch-dependent length).
+        (``x`` in the structure of ``x0``, ``fun``, ``nit``) of concrete arrays (host copies
+        on one device, not in ``x0``'s shardings), from a host callback inside the compiled
+        loop (eagerly and under ``jax.jit``; not under ``jax.vmap``, where JAX allows no host
+        callback in a loop of batch-dependent length).
         Raising ``StopIteration`` stops the run: ``status`` 99
         (``MinimizeStatus.CALLBACK_STOPPED``), as scipy's. Any other
         exception stops it and is raised: eagerly as it is, under ``jax.jit`` wrapped in a

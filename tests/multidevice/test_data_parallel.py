@@ -214,6 +214,24 @@ def test_estimators_and_solvers_over_split_batches():
     assert_trees_close(x, expected, rtol=1e-8, atol=1e-8)
 
 
+@pytest.mark.parametrize("kind", ["hessian", "ggn"])
+def test_matmat_of_vectors_split_over_the_data_axis(kind, axis_type):
+    """Vectors stacked on an axis split like the batches: the products take the batches'
+    axis, the vectors are whole on each device for it and come back split as given."""
+    params, batches, v = _problem()
+    p, d, _ = _placed(mesh_1d(axis_type), params, batches, v)
+    rng = np.random.default_rng(2)
+    vectors = jax.tree_util.tree_map(lambda x: rng.normal(size=(8, *x.shape)), params)
+    split = jax.device_put(vectors, NamedSharding(mesh_1d(axis_type), P("data")))
+    op, reference = BUILDERS[kind](p, d), BUILDERS[kind](params, batches)
+    expected = reference.matmat(vectors)
+    for batch_size in (None, 2):
+        result = op.matmat(split, batch_size)
+        assert_trees_close(result, expected)
+        for out, given in zip(jax.tree_util.tree_leaves(result), jax.tree_util.tree_leaves(split)):
+            assert out.sharding.is_equivalent_to(given.sharding, out.ndim)
+
+
 def test_what_gspmd_communicates_without_a_split():
     """The docs' table: batches split inside each batch all-reduce once per batch (inside
     the scan's loop); hvp of a function of sharded data all-reduces once."""

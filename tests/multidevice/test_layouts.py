@@ -17,6 +17,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from conftest import assert_trees_close, mesh_1d, mesh_2d
 from jax.sharding import AxisType, NamedSharding
@@ -24,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 import jaxhvp
 import jaxhvp.linalg
+import jaxhvp.optax
 import jaxhvp.spectrum
 
 TOL = dict(rtol=1e-9, atol=1e-9)  # float64; shards add in another order than one device
@@ -139,6 +141,16 @@ def test_aligned_flips_signs_only():
 # --- products ----------------------------------------------------------------------------
 
 
+def assert_products_in_layout(setup, products):
+    """``products(params, v)`` (a tuple of trees) on the mesh, eagerly and jitted: the
+    single-device numbers, each tree in the parameters' layout."""
+    expected = products(setup.ref_params, setup.ref_tangent)
+    for result, _ in both(products, setup.params, setup.tangent):
+        assert_trees_close(result, expected, **TOL)
+        for tree in result:
+            assert_layout(tree, setup.params)
+
+
 @BOTH_MESHES
 def test_products(setup):
     """hvp, vhp and a Hessian operator's product with a tangent laid out unlike the params."""
@@ -150,11 +162,7 @@ def test_products(setup):
             jaxhvp.hessian_operator(setup.loss, p) @ v,
         )
 
-    expected = products(setup.ref_params, setup.ref_tangent)
-    for result, _ in both(products, setup.params, setup.tangent):
-        assert_trees_close(result, expected, **TOL)
-        for tree in result:
-            assert_layout(tree, setup.params)
+    assert_products_in_layout(setup, products)
 
 
 def test_hessian_operator_grad(setup):
@@ -181,13 +189,50 @@ def test_ggn_operator(setup):
     def loss(out):
         return 0.5 * (jnp.sum(out[0] ** 2) + jnp.sum(out[1] ** 2))
 
+    def products(p, v):
+        op = jaxhvp.ggn_operator(model, loss, p)
+        return op @ v, jaxhvp.gnvp(model, loss, p, v)[1], op.exact_diagonal()
+
+    assert_products_in_layout(setup, products)
+
+
+def test_product_in_a_cond_on_the_current_mesh(setup):
+    """An operator built and applied inside a lax.cond, eagerly, with the mesh set (as
+    sophia's update does): its vectors take the parameters' layout, as its linearization."""
+
     def product(p, v):
-        return jaxhvp.ggn_operator(model, loss, p) @ v
+        op = jaxhvp.hessian_operator(setup.loss, p)
+        return jax.lax.cond(True, lambda: op @ v, lambda: v)
 
     expected = product(setup.ref_params, setup.ref_tangent)
-    for result, _ in both(product, setup.params, setup.tangent):
-        assert_trees_close(result, expected, **TOL)
-        assert_layout(result, setup.params)
+    with jax.set_mesh(setup.mesh):
+        result = jax.lax.cond(
+            True,
+            lambda: jaxhvp.hessian_operator(setup.loss, setup.params) @ setup.tangent,
+            lambda: setup.params,
+        )
+    assert_trees_close(result, expected, **TOL)
+    assert_layout(result, setup.params)
+
+
+@pytest.mark.parametrize("batch_size", [None, 2, 4])
+def test_influence_over_split_examples(axis_type, batch_size):
+    """Training examples split over 'data' (4 shards) regrouped into batches of
+    ``batch_size``: 2 batches cannot stay split over 4 shards and are gathered first."""
+    mesh = mesh_2d(axis_type)
+    rng = np.random.default_rng(2)
+    x, y, w = rng.normal(size=(8, 4)), rng.normal(size=8), 0.3 * rng.normal(size=4)
+
+    def loss(w, example):
+        return 0.5 * (example[0] @ w - example[1]) ** 2 + 0.1 * jnp.sum(w**2)
+
+    def put(a, spec):
+        return jax.device_put(a, NamedSharding(mesh, spec))
+
+    train, test = (put(x, P("data")), put(y, P("data"))), (put(x[:2], P()), put(y[:2], P()))
+    result = jaxhvp.influence(loss, put(w, P()), train, test, batch_size=batch_size)
+    expected = jaxhvp.influence(loss, w, (x, y), (x[:2], y[:2]), batch_size=batch_size)
+    assert_trees_close(result.values, expected.values, **TOL)
 
 
 def _stack(tree):
@@ -329,16 +374,62 @@ def test_nystrom_preconditioner(setup):
             assert_layout(result.vectors, setup.params, stacked=True)
 
 
-def test_solve(setup):
+def _ggn_model(p):
+    return jnp.tanh(p["w"]) * jnp.sum(p["v"]), p["b"] ** 2
+
+
+def _half_squares(out):
+    return 0.5 * sum(jnp.sum(o**2) for o in out)
+
+
+SOLVES = {
+    "hessian-cg": lambda setup, p: (jaxhvp.hessian_operator(setup.loss, p), {}),
+    "ggn-cg": lambda setup, p: (
+        jaxhvp.ggn_operator(_ggn_model, _half_squares, p),
+        {"damping": 1.0},
+    ),
+    "hessian-minres": lambda setup, p: (
+        jaxhvp.hessian_operator(setup.loss, p),
+        {"method": "minres"},
+    ),
+    "hessian-lowrank": lambda setup, p: (
+        jaxhvp.hessian_operator(setup.loss, p),
+        {"method": "lowrank", "rank": 4, "key": KEY, "damping": 0.1},
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SOLVES))
+def test_solve(setup, kind):
+    """The solution in the parameters' layout, eagerly too (XLA lays a loop's result out
+    as it likes: moved back where it differs)."""
 
     def solve(p, b):
-        return jaxhvp.solve(jaxhvp.hessian_operator(setup.loss, p), b, tol=1e-12)[0]
+        op, options = SOLVES[kind](setup, p)
+        return jaxhvp.solve(op, b, tol=1e-12, **options)[0]
 
     expected = solve(setup.ref_params, setup.ref_tangent)
-    for result, jit in both(solve, setup.params, setup.tangent):
+    for result, _ in both(solve, setup.params, setup.tangent):
         assert_trees_close(result, expected, **LOOSE)
-        if not xla_decides(setup, jit):
-            assert_layout(result, setup.params)
+        assert_layout(result, setup.params)
+
+
+def test_monte_carlo_fisher_with_its_classes_split():
+    """Sampled gradients contracted over a class axis split over 'model' (explicit meshes
+    refuse a sharded contraction in einsum)."""
+    mesh = mesh_2d(AxisType.Explicit)
+    w = np.linspace(-1.0, 1.0, 16).reshape(8, 2)
+    placed = jax.device_put(w, NamedSharding(mesh, P(None, "model")))
+    v = np.cos(w)
+
+    def product(w, v):
+        kw = dict(likelihood="categorical", mc_samples=2, key=KEY)
+        return jaxhvp.fisher_operator(jnp.tanh, w, **kw) @ v
+
+    expected = product(jax.device_put(w, jax.devices()[0]), v)
+    for result, _ in both(product, placed, jax.device_put(v, placed.sharding)):
+        assert_trees_close(result, expected, **TOL)
+        assert_layout(result, placed)
 
 
 # --- chunks over a sharded stacked axis --------------------------------------------------
@@ -371,3 +462,45 @@ def test_matmat_chunks_stay_on_their_devices(axis_type):
     for result in (*results, matmat(op, vectors)):
         assert_trees_close(result, expected, **TOL)
         assert_layout(result, vectors)
+
+
+# --- second-order optax transformations --------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["adahessian", "sophia", "hessian_free"])
+def test_optax_training_loop(setup, name):
+    """Three jitted steps: the single-device numbers, the parameters' layout, and one
+    compilation for the steps that follow the first (init places the state's scalars on the
+    parameters' mesh). A carried PRNG key's data comes back from the second step laid out
+    as P(None) rather than P(), which JAX caches as another entry, as it does for any loop
+    carrying jax.random.split."""
+    transform = {
+        "adahessian": lambda: jaxhvp.optax.adahessian(0.05, key=KEY),
+        "sophia": lambda: jaxhvp.optax.sophia(0.05, update_interval=2, key=KEY),
+        "hessian_free": lambda: jaxhvp.optax.hessian_free(0.5, curvature="hessian"),
+    }[name]()
+
+    def step(p, state):
+        updates, state = transform.update(jax.grad(setup.loss)(p), state, p, obj_fn=setup.loss)
+        return optax.apply_updates(p, updates), state
+
+    def run(p, train, steps):
+        cached = getattr(train, "_cache_size", lambda: 0)
+        state, out, sizes, before = transform.init(p), [], [], cached()
+        for _ in range(steps):  # the compilations of these steps (shared with other runs)
+            p, state = train(p, state)
+            out.append(p)
+            sizes.append(cached() - before)
+        return out, sizes
+
+    expected, _ = run(setup.ref_params, jax.jit(step), 3)
+    with jax.set_mesh(setup.mesh):  # explicit meshes: the eager grad needs the mesh
+        eager, _ = run(setup.params, step, 1)
+    params, sizes = run(setup.params, jax.jit(step), 3)
+    for result, reference in ((eager[0], expected[0]), (params[-1], expected[-1])):
+        assert_trees_close(result, reference, **LOOSE)
+        assert_layout(result, setup.params)
+    keyed = name != "hessian_free"
+    auto = setup.mesh.axis_types[0] == AxisType.Auto
+    assert sizes[:2] == [1, 1] or not auto, sizes
+    assert sizes[-1] <= 1 + keyed + (not auto), sizes
