@@ -106,9 +106,10 @@ def stream(
 class StreamedOperator(Operator):
     """An operator of a dataset read from a :class:`Stream` at every product.
 
-    Products run eagerly: ``op @ v``, ``op.matmat``, ``op.as_matrix()``, ``op.as_scipy()``
-    (scipy's solvers and ``eigsh`` then stream too). Under ``jax.jit``, in ``lax`` loops,
-    :func:`jaxhvp.solve` and :mod:`jaxhvp.spectrum`, give stacked batches instead.
+    Products run eagerly: ``op @ v``, ``op.matmat``, ``op.exact_diagonal()``,
+    ``op.as_matrix()``, ``op.as_scipy()`` (scipy's solvers and ``eigsh`` then stream too).
+    Under ``jax.jit``, in ``lax`` loops, :func:`jaxhvp.solve` and :mod:`jaxhvp.spectrum`,
+    give stacked batches instead.
 
     Attributes:
       value: the loss over all the data (weighted by batch size in a mean), else ``None``.
@@ -141,10 +142,10 @@ class StreamedOperator(Operator):
     def _product(self, v: Any) -> Any:
         msg = (
             "An operator that streams its batches from a host iterable computes its products "
-            "itself, eagerly (op @ v, op.matmat, op.as_matrix(), op.as_scipy()); they cannot "
-            "be traced: not by jax.jit, a lax loop, jaxhvp.solve or jaxhvp.spectrum, nor "
-            "inside a sum, a "
-            "damping or a block of it (op + 0.1, op.block(...)). For those, give the batches "
+            "itself, eagerly (op @ v, op.matmat, op.exact_diagonal(), op.as_matrix(), "
+            "op.as_scipy()); they cannot be traced: not by jax.jit, a lax loop, jaxhvp.solve "
+            "or jaxhvp.spectrum, nor inside a sum, a damping or a block of it (op + 0.1, "
+            "op.block(...)). For those, give the batches "
             "stacked on a leading axis (placed on a mesh for data parallelism)."
         )
         raise HVPError(msg)
