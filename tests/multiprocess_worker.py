@@ -14,6 +14,7 @@ single-device process for the reference.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from collections.abc import Callable
@@ -156,6 +157,36 @@ def trace(params, v, data):
     return jaxhvp.spectrum.trace(op, key=jax.random.key(1), num_probes=9).value
 
 
+def density(params, v, data):
+    op = jaxhvp.hessian_operator(lambda p: loss(p, data["x"], data["y"]), params)
+    result = jaxhvp.spectrum.density(op, key=jax.random.key(2), num_probes=4, krylov_dim=6)
+    return {"nodes": result.nodes, "weights": result.weights}
+
+
+def diagonal(params, v, data):
+    op = jaxhvp.hessian_operator(batch_loss, params, batches=data["batches"])
+    return jaxhvp.spectrum.diagonal(op, key=jax.random.key(3), num_probes=4).value
+
+
+def newton_cg_step(params, v, data):
+    f = functools.partial(loss, x=data["x"], y=data["y"])
+    new, state, _ = jaxhvp.newton_cg_step(f, params, jaxhvp.newton_cg_init(params))
+    return {"params": new, "state": state}
+
+
+def influence(params, v, data):
+    examples = (data["x"], data["y"])
+    result = jaxhvp.influence(
+        lambda p, e: loss(p, e[0][None], e[1][None]),
+        params,
+        examples,
+        (data["x"][:2], data["y"][:2]),
+        damping=0.1,
+        batch_size=8,
+    )
+    return result.values
+
+
 def minimize(params, v, data):
     args = (data["x"], data["y"])
     result = jaxhvp.minimize(loss, params, args, method="trust-ncg", options={"maxiter": 4})
@@ -183,6 +214,10 @@ CASES: dict[str, Callable] = {
         solve,
         eigenvalues,
         trace,
+        density,
+        diagonal,
+        newton_cg_step,
+        influence,
         minimize,
     ]
 }
