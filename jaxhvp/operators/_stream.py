@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import operator
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -28,6 +27,7 @@ from jax.sharding import PartitionSpec as P
 
 from .. import _eager, _sharding, _tree
 from .._errors import HVPError
+from .._validate import check_count
 from ._base import Operator, check_stacked
 from ._data import axis_names
 
@@ -90,7 +90,11 @@ def stream(
         msg = f"stream needs an iterable of batches, but got {type(batches).__name__}."
         raise TypeError(msg)
     if num_data is not None:
-        num_data = _positive_int(num_data)
+        try:  # check_count's rule for counts; a TypeError here, as for the other arguments
+            num_data = check_count(num_data, "num_data", "stream")
+        except HVPError:
+            msg = f"num_data given to stream must be a positive int, but got {num_data!r}."
+            raise TypeError(msg) from None
     if batch_size_fn is not None and not callable(batch_size_fn):
         msg = f"batch_size_fn given to stream must be callable, but got {batch_size_fn!r}."
         raise TypeError(msg)
@@ -264,17 +268,6 @@ def _agree(batch: Any, index: int, fn_name: str) -> None:
         "the last one)."
     )
     raise HVPError(msg)
-
-
-def _positive_int(num_data: Any) -> int:
-    try:
-        value = operator.index(num_data)  # int, np.int64; not 1.0
-    except TypeError:
-        value = 0
-    if isinstance(num_data, bool) or value < 1:
-        msg = f"num_data given to stream must be a positive int, but got {num_data!r}."
-        raise TypeError(msg)
-    return value
 
 
 # --- placing one batch ------------------------------------------------------------------
