@@ -50,11 +50,16 @@ class Influence(NamedTuple):
 @dataclasses.dataclass(frozen=True)
 class _BatchMean:
     """The mean of a per-example loss over a batch: the training objective of one batch.
-    Compared by the loss it wraps, so operators built from the same loss share kernels."""
+    Compared by the loss it wraps, so operators built from the same loss share kernels.
+    Tuple parameters, which the Hessian operator passes as separate arguments (torch's
+    convention), are packed again for ``loss(params, example)``."""
 
     loss: Callable
+    packed: bool = False
 
-    def __call__(self, params: Any, batch: Any) -> jax.Array:
+    def __call__(self, *args: Any) -> jax.Array:
+        *params, batch = args
+        params = tuple(params) if self.packed else params[0]
         return jnp.mean(jax.vmap(self.loss, in_axes=(None, 0))(params, batch))
 
 
@@ -188,7 +193,8 @@ def _check_params(params: Any) -> Any:
 
 def _curvature(curvature: Any, loss: Callable, params: Any, batches: Any) -> Operator:
     if isinstance(curvature, str) and curvature == "hessian":
-        return hessian_operator(_BatchMean(loss), params, batches=batches)
+        packed = isinstance(params, tuple)
+        return hessian_operator(_BatchMean(loss, packed), params, batches=batches)
     if not isinstance(curvature, Operator):
         msg = (
             f"curvature given to {_NAME} must be 'hessian' or a jaxhvp operator on the "

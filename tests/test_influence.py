@@ -94,6 +94,19 @@ def test_matches_the_dense_influence(problem, method, options):
     assert np.all(np.asarray(result.info.status) == 0)
 
 
+def test_tuple_params_reach_the_loss_as_one_tuple(problem):
+    """The Hessian operator passes tuple inputs as separate arguments (torch's convention);
+    influence's loss still gets ``(params, example)``."""
+    params, train, test = problem
+
+    def tuple_loss(pair, example):
+        return logistic_loss({"w": pair[0], "b": pair[1]}, example)
+
+    pair = (params["w"], params["b"])
+    result = jaxhvp.influence(tuple_loss, pair, train, test)
+    np.testing.assert_allclose(result.values, dense_influence(params, train, test), rtol=1e-7)
+
+
 def test_batches_of_training_and_test_examples_give_the_same_values(problem):
     params, train, test = problem
     whole = jaxhvp.influence(logistic_loss, params, train, test)

@@ -210,3 +210,16 @@ def test_influence_refuses_streams():
     train = (jnp.asarray(X), jnp.asarray(Y))
     with pytest.raises(jaxhvp.HVPError, match="cannot be streamed: give them stacked"):
         jaxhvp.influence(lambda q, e: loss(q, (e[0][None], e[1][None])), p, stream(LOADER), train)
+
+
+def test_a_loader_with_getitem_only():
+    """Python iterates objects with __getitem__ alone (as iter() and for loops do)."""
+
+    class Indexed:
+        def __getitem__(self, i):
+            return LOADER[i]
+
+    p = params()
+    op = jaxhvp.hessian_operator(loss, p, batches=stream(Indexed()))
+    assert op.num_data == 23
+    assert_trees_close(op.as_matrix(), jaxhvp.hessian_operator(full(loss), p).as_matrix())

@@ -86,7 +86,7 @@ def stream(
             "whose __iter__ starts over (a data loader)."
         )
         raise TypeError(msg)
-    if not isinstance(batches, Iterable):
+    if not isinstance(batches, Iterable) and not hasattr(type(batches), "__getitem__"):
         msg = f"stream needs an iterable of batches, but got {type(batches).__name__}."
         raise TypeError(msg)
     if num_data is not None:
